@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install the Debian packages the observability and container tests need. Idempotent: packages
+# already present are not fetched again, and apt-get update runs only when something is missing.
+#
+#   prometheus                      promtool (metrics lint, alert rule tests) and the live scrape test
+#   podman buildah runc debootstrap  the container image build/run test (scripts/container_build_and_run.sh)
+#   uidmap slirp4netns fuse-overlayfs catatonit iptables containernetworking-plugins
+#                                   podman's helpers: user ids, storage, init, published ports
+#
+# Usage: scripts/ci_system_deps.sh        (as root, or with sudo available)
+set -euo pipefail
+
+PACKAGES=(prometheus podman buildah runc debootstrap uidmap slirp4netns fuse-overlayfs catatonit iptables containernetworking-plugins)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "ci_system_deps: all present (${PACKAGES[*]})"
+    exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+
+echo "ci_system_deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The Debian prometheus package starts a system-wide server on :9090; the tests start their own
+# on a free loopback port and do not need it.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    $SUDO systemctl stop prometheus || true
+fi

@@ -1,0 +1,68 @@
+"""Domain values passed between the gRPC converters and the pipeline."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+class InputKind(enum.Enum):
+    """What a loaded model takes as input."""
+
+    TEXT = "text"
+    FEATURES = "features"
+    PROBABILITIES_ONLY = "probabilities_only"  # no model: callers send probabilities
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a request must match: input kind, feature length and the classes."""
+
+    input_kind: InputKind
+    feature_dim: int | None  # D for FEATURES models, else None
+    class_names: tuple[str, ...]
+
+    @property
+    def n_classes(self) -> int:
+        """K, the number of classes."""
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class LabeledExample:
+    """One validated example.
+
+    Exactly one of ``text``, ``features`` (``(D,)`` float32) or
+    ``probabilities`` (``(K,)`` float64) is set. ``labels`` is the ``(K,)`` bool
+    tag vector.
+    """
+
+    id: str
+    labels: NDArray[np.bool_]
+    text: str | None = None
+    features: NDArray[np.float32] | None = None
+    probabilities: NDArray[np.float64] | None = None
+    annotator_id: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """Pipeline output for a batch of ``n`` examples over ``K`` classes.
+
+    ``probabilities`` ``(n, K)`` float64; ``flags``/``labels`` ``(n, K)`` bool;
+    ``label_quality`` ``(n,)`` float64; ``t0``/``t1`` ``(K,)`` thresholds.
+    """
+
+    examples: tuple[LabeledExample, ...]
+    probabilities: NDArray[np.float64]
+    labels: NDArray[np.bool_]
+    flags: NDArray[np.bool_]
+    label_quality: NDArray[np.float64]
+    t0: NDArray[np.float64]
+    t1: NDArray[np.float64]
+    model_version: str

@@ -1,0 +1,1 @@
+"""gRPC glue: servicers that only translate, converters, the error -> status table."""

@@ -1,0 +1,108 @@
+"""Server interceptor exporting the standard gRPC server metrics.
+
+Series follow the names operators already chart (go-grpc-prometheus):
+``grpc_server_started_total``, ``grpc_server_handled_total`` and
+``grpc_server_handling_seconds``, labelled by service, method, type and code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from labelwatch.metrics import Metrics
+
+_TYPES = {
+    (False, False): "unary",
+    (True, False): "client_stream",
+    (False, True): "server_stream",
+    (True, True): "bidi_stream",
+}
+
+
+def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
+    code = getattr(context, "code", lambda: None)()  # grpcio >= 1.38; absent from the stubs
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    return "UNKNOWN" if failed else "OK"
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts every call's start and end (with its status code) and its duration."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        full = handler_call_details.method.lstrip("/")
+        service, _, method = full.partition("/")
+        rpc_type = _TYPES[(handler.request_streaming, handler.response_streaming)]
+        labels = (service, method, rpc_type)
+        metrics = self._metrics
+
+        def finish(started: float, context: grpc.ServicerContext, failed: bool) -> None:
+            code = _code_name(context, failed)
+            metrics.grpc_handled.labels(*labels, code).inc()
+            metrics.grpc_handling_seconds.labels(*labels).observe(time.perf_counter() - started)
+
+        def unary_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+                metrics.grpc_started.labels(*labels).inc()
+                started = time.perf_counter()
+                failed = True
+                try:
+                    response = behavior(request, context)
+                    failed = False
+                    return response
+                finally:
+                    finish(started, context, failed)
+
+            return wrapper
+
+        def stream_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                metrics.grpc_started.labels(*labels).inc()
+                started = time.perf_counter()
+                failed = True
+                try:
+                    yield from behavior(request, context)
+                    failed = False
+                finally:
+                    finish(started, context, failed)
+
+            return wrapper
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                unary_response(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                stream_response(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                unary_response(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        assert handler.stream_stream is not None
+        return grpc.stream_stream_rpc_method_handler(
+            stream_response(handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,69 @@
+"""The LabelQuality servicer: translate protobuf <-> domain, map errors to statuses."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from labelwatch.errors import PublicError
+from labelwatch.grpc.converters import examples_from_request, response_from_batch
+from labelwatch.grpc.status import STATUS_OF
+from labelwatch.pipeline import Pipeline
+from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
+from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> NoReturn:
+    if isinstance(exc, PublicError):
+        context.abort(STATUS_OF[exc.code], exc.message)
+    log.exception("event=internal_error method=%s", method)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
+
+
+def _guard(context: grpc.ServicerContext, method: str, work: Callable[[], T]) -> T:
+    try:
+        return work()
+    except Exception as exc:  # one place maps every failure to a status
+        _abort(context, method, exc)
+
+
+class LabelQualityServicer(pb_grpc.LabelQualityServicer):
+    """Thin servicer over a :class:`Pipeline`."""
+
+    def __init__(self, pipeline: Pipeline, model_info: pb.ModelInfo, *, max_batch: int) -> None:
+        self._pipeline = pipeline
+        self._model_info = model_info
+        self._max_batch = max_batch
+        self._class_index = {name: i for i, name in enumerate(pipeline.spec.class_names)}
+
+    def _score(self, request: pb.ScoreRequest) -> pb.ScoreResponse:
+        examples = examples_from_request(
+            request, self._pipeline.spec, self._class_index, self._max_batch
+        )
+        batch = self._pipeline.score(examples)
+        return response_from_batch(
+            batch, self._pipeline.spec.class_names, request.include_probabilities
+        )
+
+    def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
+        return _guard(context, "Score", lambda: self._score(request))
+
+    def ScoreStream(
+        self, request_iterator: Iterator[pb.ScoreRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ScoreResponse]:
+        # gRPC flow control bounds memory: we pull the next request only after
+        # the previous response was handed to the transport.
+        for request in request_iterator:
+            yield _guard(context, "ScoreStream", functools.partial(self._score, request))
+
+    def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInfo:
+        return self._model_info

@@ -1,0 +1,223 @@
+"""Assemble the parts, bind the ports, serve, and shut down gracefully."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from labelwatch import __version__
+from labelwatch.calibration import CalibrationArtifact, load_artifact
+from labelwatch.config import Settings
+from labelwatch.domain import InputKind
+from labelwatch.errors import StartupError
+from labelwatch.grpc.interceptor import MetricsInterceptor
+from labelwatch.grpc.servicer import LabelQualityServicer
+from labelwatch.metrics import Metrics
+from labelwatch.model import OnnxModel, SessionSettings, file_sha256
+from labelwatch.pipeline import Pipeline
+from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
+from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["LabelQuality"].full_name
+_INPUT_KIND = {
+    InputKind.TEXT: pb.INPUT_KIND_TEXT,
+    InputKind.FEATURES: pb.INPUT_KIND_FEATURES,
+    InputKind.PROBABILITIES_ONLY: pb.INPUT_KIND_PROBABILITIES_ONLY,
+}
+
+
+def load_pipeline(settings: Settings, metrics: Metrics) -> Pipeline:
+    """Load the model and artifact named by ``settings`` and check they belong together."""
+    if settings.thresholds is None:
+        raise StartupError(
+            "no calibration artifact given: pass --thresholds thresholds.json (made by "
+            "`labelwatch calibrate`) and --model model.onnx; with --thresholds alone the "
+            "server scores client-computed probabilities only"
+        )
+    model = None
+    if settings.model is not None:
+        model = OnnxModel(
+            settings.model,
+            output_name=settings.model_output,
+            outputs_logits=settings.model_outputs_logits,
+            settings=SessionSettings(settings.intra_op_threads, settings.inter_op_threads),
+        )
+    try:
+        artifact = load_artifact(settings.thresholds)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
+    if model is not None and artifact.model_sha256 is None:
+        log.warning(
+            "event=artifact_without_model_hash artifact=%s: cannot verify it was calibrated "
+            "for this model",
+            settings.thresholds,
+        )
+    if settings.model_version:
+        version = settings.model_version
+    elif model is not None:
+        version = f"{model.name}-{model.sha256[:12]}"
+    else:
+        version = f"probabilities-{file_sha256(settings.thresholds)[:12]}"
+    return Pipeline(
+        model=model,
+        artifact=artifact,
+        filter_by=settings.filter_by,
+        model_version=version,
+        metrics=metrics,
+    )
+
+
+def model_info(pipeline: Pipeline) -> pb.ModelInfo:
+    """Describe the loaded model and its calibration for GetModelInfo."""
+    artifact: CalibrationArtifact = pipeline.artifact
+    fit = artifact.fit
+    model = pipeline.model
+    rates = fit.flag_rates.get(pipeline.filter_by.value)
+    info = pb.ModelInfo(
+        name=model.name if model else "probabilities-only",
+        version=pipeline.model_version,
+        sha256=model.sha256 if model else "",
+        input_kind=_INPUT_KIND[pipeline.spec.input_kind],
+        input_shape=list(model.input_shape) if model else [-1, artifact.n_classes],
+        class_names=list(artifact.class_names),
+        server_version=__version__,
+        calibration=pb.CalibrationSummary(
+            schema_version=artifact.schema_version,
+            calibration_size=fit.n_examples,
+            pooling=fit.pooling.value,
+            alpha=fit.alpha,
+            temperature=fit.temperature,
+            filter_by=pipeline.filter_by.value,
+            created_at=artifact.created_at,
+        ),
+    )
+    th = fit.thresholds
+    for k, name in enumerate(artifact.class_names):
+        info.calibration.classes.add(
+            label=name,
+            t0=float(th.t0[k]),
+            t1=float(th.t1[k]),
+            n_pos=int(th.n_pos[k]),
+            n_neg=int(th.n_neg[k]),
+            missing_rate=float(rates[k, 0]) if rates is not None else 0.0,
+            spurious_rate=float(rates[k, 1]) if rates is not None else 0.0,
+        )
+    return info
+
+
+@dataclass
+class RunningServer:
+    """A started server: its bound ports and the handles needed to stop it."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    pipeline: Pipeline
+    metrics: Metrics
+    metrics_port: int | None = None
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def stop(self, grace_seconds: float) -> None:
+        """Report NOT_SERVING, refuse new calls, let in-flight ones finish within the grace."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_seconds).wait()
+        self.stopped.set()
+
+
+def start(settings: Settings, *, registry: CollectorRegistry | None = None) -> RunningServer:
+    """Build and start the gRPC server (and the metrics endpoint) as ``settings`` say."""
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = Metrics(registry)
+    pipeline = load_pipeline(settings, metrics)
+    metrics.build_info.labels(__version__).set(1)
+    info = model_info(pipeline)
+    metrics.model_info.labels(info.name, info.version, info.sha256).set(1)
+
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="grpc"),
+        interceptors=[MetricsInterceptor(metrics)],
+        options=options,
+    )
+    servicer = LabelQualityServicer(pipeline, info, max_batch=settings.max_batch)
+    pb_grpc.add_LabelQualityServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{settings.host}:{settings.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot bind {address}: {exc}") from exc
+    if port == 0:
+        raise StartupError(f"cannot bind {address}: is the port in use?")
+    metrics_port = None
+    if settings.metrics_port:
+        try:
+            start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot bind metrics port {settings.host}:{settings.metrics_port}: {exc}"
+            ) from exc
+        metrics_port = settings.metrics_port
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(
+        server=server,
+        port=port,
+        health=health_servicer,
+        pipeline=pipeline,
+        metrics=metrics,
+        metrics_port=metrics_port,
+    )
+
+
+def serve_forever(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT, then drain within ``grace_seconds``; return the exit code."""
+    running = start(settings)
+    model = running.pipeline.model
+    log.info(
+        "event=started address=%s:%d metrics_port=%s model=%s model_sha256=%s artifact=%s "
+        "classes=%d input=%s filter_by=%s version=%s",
+        settings.host,
+        running.port,
+        running.metrics_port or "off",
+        settings.model or "none",
+        model.sha256 if model else "none",
+        settings.thresholds,
+        running.pipeline.spec.n_classes,
+        running.pipeline.spec.input_kind.value,
+        settings.filter_by.value,
+        running.pipeline.model_version,
+    )
+    print(f"labelwatch listening on {settings.host}:{running.port}", flush=True)
+    stop_requested = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("event=shutdown_requested signal=%s", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    stop_requested.wait()
+    running.stop(settings.grace_seconds)
+    log.info("event=stopped")
+    return 0
