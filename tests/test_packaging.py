@@ -6,8 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import labelwatch_proto.labelwatch.v1.labelwatch_pb2 as installed_pb2
 from grpc_tools import protoc
+
+import labelwatch_proto.labelwatch.v1.labelwatch_pb2 as installed_pb2
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO = REPO / "proto" / "labelwatch_proto" / "labelwatch" / "v1" / "labelwatch.proto"

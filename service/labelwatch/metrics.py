@@ -23,7 +23,13 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from labelwatch.domain import ScoredBatch
-from labelwatch.drift import DEFAULT_WINDOW_EXAMPLES, FlagWindow, cap_classes, drift_ratio
+from labelwatch.drift import (
+    DEFAULT_WINDOW_EXAMPLES,
+    FlagWindow,
+    SparseFlags,
+    cap_classes,
+    drift_ratio,
+)
 
 OTHER_CLASS = "__other__"
 """Label value standing for every class past :attr:`Metrics.max_class_series`."""
@@ -40,11 +46,14 @@ _QUALITY_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 
 class Metrics:
-    """labelwatch's metrics on ``registry``.
+    """labelwatch's metrics on ``registry`` (docs/metrics.md describes each one).
 
-    Per-class series are capped: the first ``max_class_series`` classes get
-    their own ``class`` label value, the rest are summed under ``__other__``,
-    so a model with thousands of classes keeps a bounded series count.
+    ``max_class_series``: per-class series are capped; the first
+    ``max_class_series`` classes get their own ``class`` label value, the rest
+    are summed under ``__other__``, so a model with thousands of classes keeps
+    a bounded series count. ``drift_window_examples``: size of the drift window,
+    in examples (see :mod:`labelwatch.drift`). ``process_metrics``: also register
+    prometheus_client's process, platform and GC collectors on ``registry``.
     """
 
     def __init__(
@@ -163,15 +172,13 @@ class Metrics:
         flagged = int(batch.flags.any(axis=1).sum())
         if flagged:
             self.examples_flagged.labels(batch.model_version).inc(flagged)
-        missing = batch.flags & ~batch.labels
-        spurious = batch.flags & batch.labels
-        self.drift.record(class_names, missing, spurious)
-        for kind, mask in zip(KINDS, (missing, spurious), strict=True):
-            per_class = mask.sum(axis=0)
-            for k in np.flatnonzero(per_class):
-                self.class_flags.labels(self._class_label(int(k), class_names), kind).inc(
-                    int(per_class[k])
-                )
+        flags = SparseFlags.from_masks(batch.flags, batch.labels)
+        self.drift.record(class_names, flags)
+        # fold the classes past the cap first: at most max_class_series + 1 series to touch
+        per_class = cap_classes(flags.per_class(), self.max_class_series)
+        for k, col in zip(*np.nonzero(per_class), strict=True):
+            label = self._class_label(int(k), class_names)
+            self.class_flags.labels(label, KINDS[col]).inc(int(per_class[k, col]))
         for value in batch.label_quality:
             self.label_quality.observe(float(value))
 
@@ -215,11 +222,10 @@ class _DriftCollector:
     def record(
         self,
         class_names: tuple[str, ...],
-        missing: NDArray[np.bool_],
-        spurious: NDArray[np.bool_],
+        flags: SparseFlags,
     ) -> None:
         with self._lock:
-            self._ensure_window(class_names).add(missing, spurious)
+            self._ensure_window(class_names).add(flags)
 
     def _labels(self) -> list[str]:
         names = list(self._class_names[: self._max])

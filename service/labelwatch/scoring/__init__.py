@@ -22,6 +22,9 @@ Public entry points (the service and the CLI use only these):
   using only a :class:`CalibrationFit`)
 """
 
+from labelwatch.scoring.batch import find_label_issues, label_quality_scores
+from labelwatch.scoring.online import decide, fit_calibration
+from labelwatch.scoring.thresholds import fit_thresholds
 from labelwatch.scoring.types import (
     CalibrationFit,
     ClassScore,
@@ -31,9 +34,6 @@ from labelwatch.scoring.types import (
     Pooling,
     Thresholds,
 )
-from labelwatch.scoring.thresholds import fit_thresholds
-from labelwatch.scoring.batch import find_label_issues, label_quality_scores
-from labelwatch.scoring.online import decide, fit_calibration
 
 __all__ = [
     "CalibrationFit",
