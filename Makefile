@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+LINT_PATHS := $(wildcard service client tests bench scripts setup.py)
 
 .PHONY: run install install-test test lint typecheck bench clean
 
@@ -24,16 +25,16 @@ install-test: $(BIN)/python
 
 ## lint / typecheck: ruff and mypy --strict on service/ and client/
 lint: install-test
-	$(BIN)/ruff check service client tests bench
-	$(BIN)/ruff format --check service client tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 typecheck: install-test
 	$(BIN)/mypy --strict service/labelwatch client/labelwatch_client
 
 ## test: install everything, then lint, type-check and run the whole suite
 test: install-test
-	$(BIN)/ruff check service client tests bench
-	$(BIN)/ruff format --check service client tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy --strict service/labelwatch client/labelwatch_client
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

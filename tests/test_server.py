@@ -438,8 +438,9 @@ def test_mismatched_model_and_artifact_refuse_to_start(tmp_path: Path) -> None:
     assert "'horse'" in done.stderr and "'zebra'" in done.stderr
 
 
-def test_serve_without_artifact_says_what_to_pass() -> None:
-    done = _serve_and_fail([])
+def test_serve_with_a_model_but_no_artifact_says_what_to_pass(tmp_path: Path) -> None:
+    model = float_model(tmp_path / "m.onnx")
+    done = _serve_and_fail(["--model", str(model)])
     assert done.returncode == 2
     assert "--thresholds" in done.stderr and "--model" in done.stderr
     assert "Traceback" not in done.stderr

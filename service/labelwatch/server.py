@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -14,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from labelwatch import __version__
+from labelwatch import __version__, default_model
 from labelwatch.calibration import CalibrationArtifact, load_artifact
 from labelwatch.config import Settings
 from labelwatch.domain import InputKind
@@ -37,8 +38,22 @@ _INPUT_KIND = {
 }
 
 
+def with_default_model(settings: Settings) -> Settings:
+    """Fill in the embedded default model and artifact when neither flag was given."""
+    if settings.model is not None or settings.thresholds is not None:
+        return settings
+    if not default_model.available():
+        return settings
+    return dataclasses.replace(
+        settings,
+        model=default_model.DEFAULT_MODEL,
+        thresholds=default_model.DEFAULT_THRESHOLDS,
+    )
+
+
 def load_pipeline(settings: Settings, metrics: Metrics) -> Pipeline:
     """Load the model and artifact named by ``settings`` and check they belong together."""
+    settings = with_default_model(settings)
     if settings.thresholds is None:
         raise StartupError(
             "no calibration artifact given: pass --thresholds thresholds.json (made by "
@@ -192,6 +207,17 @@ def start(settings: Settings, *, registry: CollectorRegistry | None = None) -> R
 
 def serve_forever(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then drain within ``grace_seconds``; return the exit code."""
+    settings = with_default_model(settings)
+    stop_requested = threading.Event()
+    received: list[int] = []
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)  # no logging here: the handler may interrupt a log call
+        stop_requested.set()
+
+    # handlers first: a signal that arrives right after "listening" must drain, not kill
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     running = start(settings)
     model = running.pipeline.model
     log.info(
@@ -209,15 +235,12 @@ def serve_forever(settings: Settings) -> int:
         running.pipeline.model_version,
     )
     print(f"labelwatch listening on {settings.host}:{running.port}", flush=True)
-    stop_requested = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("event=shutdown_requested signal=%s", signal.Signals(signum).name)
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
     stop_requested.wait()
+    log.info(
+        "event=shutdown_requested signal=%s grace_seconds=%s",
+        signal.Signals(received[0]).name,
+        settings.grace_seconds,
+    )
     running.stop(settings.grace_seconds)
     log.info("event=stopped")
     return 0
