@@ -49,7 +49,17 @@ class Settings:
         default=9464,
         metadata={"help": "Prometheus /metrics HTTP port on --host; 0 turns it off."},
     )
-    max_batch: int = field(default=1024, metadata={"help": "most examples in one request."})
+    max_batch: int = field(
+        default=1024,
+        metadata={"help": "most examples in one request, and in one merged model call."},
+    )
+    batch_window_ms: float = field(
+        default=2.0,
+        metadata={
+            "help": "when requests are already queued, milliseconds to wait for more before "
+            "a model call (a lone request never waits)."
+        },
+    )
     max_message_bytes: int = field(
         default=16 * 1024 * 1024,
         metadata={"help": "largest gRPC message accepted or sent, in bytes."},

@@ -66,3 +66,16 @@ class ScoredBatch:
     t0: NDArray[np.float64]
     t1: NDArray[np.float64]
     model_version: str
+
+    def slice(self, start: int, stop: int) -> ScoredBatch:
+        """Examples ``[start, stop)`` of this batch (arrays are views, not copies)."""
+        return ScoredBatch(
+            examples=self.examples[start:stop],
+            probabilities=self.probabilities[start:stop],
+            labels=self.labels[start:stop],
+            flags=self.flags[start:stop],
+            label_quality=self.label_quality[start:stop],
+            t0=self.t0,
+            t1=self.t1,
+            model_version=self.model_version,
+        )

@@ -55,6 +55,12 @@ class Overloaded(PublicError):
     code = ErrorCode.RESOURCE_EXHAUSTED
 
 
+class ServerStopping(PublicError):
+    """The server is draining and takes no new work; retry on another replica."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
 class ModelFailure(PublicError):
     """The model could not produce valid probabilities."""
 

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from labelwatch import __version__, default_model
+from labelwatch.batcher import Batcher
 from labelwatch.calibration import CalibrationArtifact, load_artifact
 from labelwatch.config import Settings
 from labelwatch.domain import InputKind
@@ -139,6 +140,7 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     pipeline: Pipeline
+    batcher: Batcher
     metrics: Metrics
     metrics_port: int | None = None
     stopped: threading.Event = field(default_factory=threading.Event)
@@ -147,6 +149,7 @@ class RunningServer:
         """Report NOT_SERVING, refuse new calls, let in-flight ones finish within the grace."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_seconds).wait()
+        self.batcher.close()
         self.stopped.set()
 
 
@@ -169,7 +172,12 @@ def start(settings: Settings, *, registry: CollectorRegistry | None = None) -> R
         interceptors=[MetricsInterceptor(metrics)],
         options=options,
     )
-    servicer = LabelQualityServicer(pipeline, info, max_batch=settings.max_batch)
+    batcher = Batcher(
+        pipeline, max_batch=settings.max_batch, window_seconds=settings.batch_window_ms / 1000.0
+    )
+    servicer = LabelQualityServicer(
+        pipeline.spec, batcher.score, info, max_batch=settings.max_batch
+    )
     pb_grpc.add_LabelQualityServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -200,6 +208,7 @@ def start(settings: Settings, *, registry: CollectorRegistry | None = None) -> R
         port=port,
         health=health_servicer,
         pipeline=pipeline,
+        batcher=batcher,
         metrics=metrics,
         metrics_port=metrics_port,
     )

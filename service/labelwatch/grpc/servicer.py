@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn, TypeVar
 
 import grpc
 
+from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import PublicError
 from labelwatch.grpc.converters import examples_from_request, response_from_batch
 from labelwatch.grpc.status import STATUS_OF
-from labelwatch.pipeline import Pipeline
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
 
@@ -34,23 +34,26 @@ def _guard(context: grpc.ServicerContext, method: str, work: Callable[[], T]) ->
         _abort(context, method, exc)
 
 
-class LabelQualityServicer(pb_grpc.LabelQualityServicer):
-    """Thin servicer over a :class:`Pipeline`."""
+ScoreFn = Callable[[Sequence[LabeledExample]], ScoredBatch]
+"""Scores validated examples: the :class:`Batcher`'s ``score`` (or a pipeline's)."""
 
-    def __init__(self, pipeline: Pipeline, model_info: pb.ModelInfo, *, max_batch: int) -> None:
-        self._pipeline = pipeline
+
+class LabelQualityServicer(pb_grpc.LabelQualityServicer):
+    """Thin servicer: validate, hand to the batcher, build the response."""
+
+    def __init__(
+        self, spec: ModelSpec, score: ScoreFn, model_info: pb.ModelInfo, *, max_batch: int
+    ) -> None:
+        self._spec = spec
+        self._score_examples = score
         self._model_info = model_info
         self._max_batch = max_batch
-        self._class_index = {name: i for i, name in enumerate(pipeline.spec.class_names)}
+        self._class_index = {name: i for i, name in enumerate(spec.class_names)}
 
     def _score(self, request: pb.ScoreRequest) -> pb.ScoreResponse:
-        examples = examples_from_request(
-            request, self._pipeline.spec, self._class_index, self._max_batch
-        )
-        batch = self._pipeline.score(examples)
-        return response_from_batch(
-            batch, self._pipeline.spec.class_names, request.include_probabilities
-        )
+        examples = examples_from_request(request, self._spec, self._class_index, self._max_batch)
+        batch = self._score_examples(examples)
+        return response_from_batch(batch, self._spec.class_names, request.include_probabilities)
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
         return _guard(context, "Score", lambda: self._score(request))
