@@ -171,7 +171,7 @@ def _env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def server_process(args: Sequence[str], *, timeout: float = 60.0) -> Iterator[ServerProcess]:
+def server_process(args: Sequence[str], *, timeout: float = 120.0) -> Iterator[ServerProcess]:
     """Run ``labelwatch serve ARGS --port 0`` and wait for its 'listening on' line."""
     cmd = [
         sys.executable,

@@ -72,7 +72,17 @@ class Settings:
         default=FilterBy.CONFIDENT_LEARNING,
         metadata={"help": "flag rule.", "choices": [f.value for f in FilterBy]},
     )
-    threads: int = field(default=8, metadata={"help": "gRPC worker threads (concurrent calls)."})
+    threads: int = field(
+        default=8, metadata={"help": "gRPC handler threads per process (concurrent calls)."}
+    )
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "server processes sharing the port (SO_REUSEPORT); worker i serves "
+            "metrics on --metrics-port + i. Give each onnxruntime cores/workers "
+            "--intra-op-threads."
+        },
+    )
     intra_op_threads: int = field(
         default=0, metadata={"help": "onnxruntime intra-op threads; 0 = one per core."}
     )

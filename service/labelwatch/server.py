@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from types import FrameType
@@ -153,8 +154,14 @@ class RunningServer:
         self.stopped.set()
 
 
-def start(settings: Settings, *, registry: CollectorRegistry | None = None) -> RunningServer:
-    """Build and start the gRPC server (and the metrics endpoint) as ``settings`` say."""
+def start(
+    settings: Settings, *, registry: CollectorRegistry | None = None, reuse_port: bool = False
+) -> RunningServer:
+    """Build and start the gRPC server (and the metrics endpoint) as ``settings`` say.
+
+    ``reuse_port`` lets several worker processes bind the same port (SO_REUSEPORT);
+    the kernel then spreads connections across them.
+    """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry)
     pipeline = load_pipeline(settings, metrics)
@@ -165,7 +172,7 @@ def start(settings: Settings, *, registry: CollectorRegistry | None = None) -> R
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="grpc"),
@@ -214,8 +221,16 @@ def start(settings: Settings, *, registry: CollectorRegistry | None = None) -> R
     )
 
 
-def serve_forever(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT, then drain within ``grace_seconds``; return the exit code."""
+def serve_forever(
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    on_ready: Callable[[], object] | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT, then drain within ``grace_seconds``; return the exit code.
+
+    ``on_ready`` is called once the server accepts calls (used by ``--workers``).
+    """
     settings = with_default_model(settings)
     stop_requested = threading.Event()
     received: list[int] = []
@@ -227,7 +242,7 @@ def serve_forever(settings: Settings) -> int:
     # handlers first: a signal that arrives right after "listening" must drain, not kill
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    running = start(settings)
+    running = start(settings, reuse_port=reuse_port)
     model = running.pipeline.model
     log.info(
         "event=started address=%s:%d metrics_port=%s model=%s model_sha256=%s artifact=%s "
@@ -243,7 +258,10 @@ def serve_forever(settings: Settings) -> int:
         settings.filter_by.value,
         running.pipeline.model_version,
     )
-    print(f"labelwatch listening on {settings.host}:{running.port}", flush=True)
+    if on_ready is None:
+        print(f"labelwatch listening on {settings.host}:{running.port}", flush=True)
+    else:
+        on_ready()
     stop_requested.wait()
     log.info(
         "event=shutdown_requested signal=%s grace_seconds=%s",

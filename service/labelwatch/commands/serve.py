@@ -45,8 +45,11 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     log.info("event=config %s", " ".join(f"{k}={v}" for k, v in settings.describe().items()))
     from labelwatch.server import serve_forever  # heavy imports only once settings are valid
+    from labelwatch.workers import run_workers
 
     try:
+        if settings.workers > 1:
+            return run_workers(settings)
         return serve_forever(settings)
     except StartupError as exc:
         print(f"labelwatch serve: error: {exc}", file=sys.stderr)
