@@ -89,6 +89,13 @@ class Settings:
     inter_op_threads: int = field(
         default=0, metadata={"help": "onnxruntime inter-op threads; 0 = onnxruntime's default."}
     )
+    ort_no_spinning: bool = field(
+        default=False,
+        metadata={
+            "help": "stop onnxruntime's intra-op threads from busy-waiting between runs "
+            "(saves CPU when workers share cores)."
+        },
+    )
     log_level: str = field(default="info", metadata={"help": "log level.", "choices": LOG_LEVELS})
     log_format: str = field(
         default="kv",

@@ -40,10 +40,15 @@ def file_sha256(path: Path) -> str:
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """onnxruntime thread settings; 0 lets onnxruntime choose (all cores)."""
+    """onnxruntime thread settings; 0 lets onnxruntime choose (all cores).
+
+    ``allow_spinning``: intra-op threads busy-wait for work between runs (lower
+    latency on idle cores, wasted CPU when cores are shared with other workers).
+    """
 
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    allow_spinning: bool = True
 
 
 class OnnxModel:
@@ -65,6 +70,9 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.intra_op_threads
         options.inter_op_num_threads = settings.inter_op_threads
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0"
+        )
         try:
             self._session = ort.InferenceSession(
                 str(path), sess_options=options, providers=["CPUExecutionProvider"]

@@ -68,7 +68,11 @@ def load_pipeline(settings: Settings, metrics: Metrics) -> Pipeline:
             settings.model,
             output_name=settings.model_output,
             outputs_logits=settings.model_outputs_logits,
-            settings=SessionSettings(settings.intra_op_threads, settings.inter_op_threads),
+            settings=SessionSettings(
+                settings.intra_op_threads,
+                settings.inter_op_threads,
+                allow_spinning=not settings.ort_no_spinning,
+            ),
         )
     try:
         artifact = load_artifact(settings.thresholds)
