@@ -2,15 +2,16 @@
 # Install the Debian packages the observability and container tests need. Idempotent: packages
 # already present are not fetched again, and apt-get update runs only when something is missing.
 #
-#   prometheus                      promtool (metrics lint, alert rule tests) and the live scrape test
-#   podman buildah runc debootstrap  the container image build/run test (scripts/container_build_and_run.sh)
-#   uidmap slirp4netns fuse-overlayfs catatonit iptables containernetworking-plugins
-#                                   podman's helpers: user ids, storage, init, published ports
+#   - prometheus: promtool (metrics lint, alert rule tests) and the live scrape test
+#   - the linter for scripts/: shellcheck
+#   - the container image test (scripts/container_build_and_run.sh): podman buildah runc
+#     debootstrap, and podman's helpers uidmap slirp4netns fuse-overlayfs catatonit iptables
+#     containernetworking-plugins (user ids, storage, init, published ports)
 #
 # Usage: scripts/ci_system_deps.sh        (as root, or with sudo available)
 set -euo pipefail
 
-PACKAGES=(prometheus podman buildah runc debootstrap uidmap slirp4netns fuse-overlayfs catatonit iptables containernetworking-plugins)
+PACKAGES=(prometheus shellcheck podman buildah runc debootstrap uidmap slirp4netns fuse-overlayfs catatonit iptables containernetworking-plugins)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

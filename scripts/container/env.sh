@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared settings for the container scripts; sourced, not run.
 #
 # Everything lives under LABELWATCH_CONTAINER_WORK (default /var/tmp/labelwatch-container) so that

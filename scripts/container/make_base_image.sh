@@ -4,7 +4,7 @@
 # Skips the work when the image already exists (pass --force to rebuild). Takes ~2.5 minutes.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-# shellcheck source=env.sh
+# shellcheck source=scripts/container/env.sh
 . "$here/env.sh"
 
 force=0

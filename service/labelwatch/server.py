@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from types import FrameType
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -148,6 +149,7 @@ class RunningServer:
     batcher: Batcher
     metrics: Metrics
     metrics_port: int | None = None
+    metrics_httpd: WSGIServer | None = None
     stopped: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace_seconds: float) -> None:
@@ -155,6 +157,9 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_seconds).wait()
         self.batcher.close()
+        if self.metrics_httpd is not None:
+            self.metrics_httpd.shutdown()
+            self.metrics_httpd.server_close()
         self.stopped.set()
 
 
@@ -172,6 +177,10 @@ def start(
     metrics.build_info.labels(__version__).set(1)
     info = model_info(pipeline)
     metrics.model_info.labels(info.name, info.version, info.sha256).set(1)
+    metrics.set_calibration(
+        pipeline.artifact.class_names,
+        pipeline.artifact.fit.flag_rates.get(pipeline.filter_by.value),
+    )
 
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -203,9 +212,12 @@ def start(
     if port == 0:
         raise StartupError(f"cannot bind {address}: is the port in use?")
     metrics_port = None
+    metrics_httpd: WSGIServer | None = None
     if settings.metrics_port:
         try:
-            start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+            metrics_httpd, _ = start_http_server(
+                settings.metrics_port, addr=settings.host, registry=registry
+            )
         except OSError as exc:
             raise StartupError(
                 f"cannot bind metrics port {settings.host}:{settings.metrics_port}: {exc}"
@@ -222,6 +234,7 @@ def start(
         batcher=batcher,
         metrics=metrics,
         metrics_port=metrics_port,
+        metrics_httpd=metrics_httpd,
     )
 
 
