@@ -18,6 +18,7 @@ _SERVER_COMMANDS: dict[str, str] = {
     "serve": "labelwatch.commands.serve",
     "calibrate": "labelwatch.commands.calibrate",
     "audit": "labelwatch.commands.audit",
+    "demo": "labelwatch.commands.demo",
 }
 _CLIENT_COMMANDS: dict[str, str] = {
     "score": "labelwatch_client.cli",

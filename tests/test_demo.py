@@ -1,0 +1,42 @@
+"""``labelwatch demo`` end to end on the embedded default model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from labelwatch.cli import main
+from labelwatch.commands.demo import inject_noise
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data" / "debtags" / "debtags.jsonl.gz"
+
+
+def test_noise_injection_is_seeded_and_flips_one_tag() -> None:
+    rows = [("a", "text", ("x", "y")), ("b", "text", ("y",)), ("c", "text", ())] * 20
+    one = inject_noise(rows, ["x", "y", "z"], rate=0.5, seed=3)
+    two = inject_noise(rows, ["x", "y", "z"], rate=0.5, seed=3)
+    assert one == two
+    flipped = [e for e in one if e.flipped]
+    assert 0 < len(flipped) < len(rows)
+    for noisy, (_, _, tags) in zip(one, rows, strict=True):
+        assert len(noisy.flipped) <= 1
+        for label, kind in noisy.flipped:
+            assert (label in tags) == (kind == "MISSING")
+            assert (label in noisy.labels) == (kind == "SPURIOUS")
+
+
+def test_demo_streams_the_test_split_and_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results.jsonl"
+    code = main(["demo", "--data", str(DATA), "--limit", "150", "--out", str(out)])
+    assert code == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 150
+    first = json.loads(lines[0])
+    assert {"id", "label_quality", "is_issue", "issues"} <= set(first)
+    printed = capsys.readouterr().out
+    assert "150 packages" in printed and "precision" in printed and "recall" in printed
