@@ -238,14 +238,16 @@ def test_error_in_the_callers_batches_is_raised_after_earlier_results(
     assert got == ["b0"]
 
 
-def test_request_feed_hands_a_late_pull_to_the_next_attempt() -> None:
+def test_request_feed_resends_the_unanswered_request_then_continues() -> None:
     feed = _RequestFeed(iter(batches(3)), include_probabilities=False)
     first = feed.requests()
     assert next(first).examples[0].id == "b0"
-    feed.restart()  # the attempt failed
-    second = feed.requests()
-    assert [r.examples[0].id for r in second] == ["b0", "b1", "b2"]
+    feed.restart()  # the attempt failed before any answer
     assert list(first) == []  # the old attempt pulls nothing more
+    second = feed.requests()
+    assert next(second).examples[0].id == "b0"  # resent
+    feed.mark_answered()  # from the first answer on, requests are pipelined
+    assert [r.examples[0].id for r in second] == ["b1", "b2"]
 
 
 def run(body: Callable[[], Coroutine[None, None, None]]) -> None:

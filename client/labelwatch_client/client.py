@@ -224,6 +224,7 @@ class _RequestFeed:
         self._include_probabilities = include_probabilities
         self._source_lock = threading.Lock()
         self._state_lock = threading.Lock()
+        self._changed = threading.Condition(self._state_lock)
         self._sent: list[pb.ScoreRequest] = []
         self._attempt = 0
         self.answered = False
@@ -243,11 +244,18 @@ class _RequestFeed:
         return generate()
 
     def _next(self, attempt: int, position: int) -> pb.ScoreRequest | None:
+        with self._state_lock:
+            # until the first answer only one request is in flight, so a failed
+            # attempt has exactly one request to resend and no pull can race it
+            while position >= 1 and not self.answered and attempt == self._attempt:
+                self._changed.wait()
         with self._source_lock:
             with self._state_lock:
                 if attempt != self._attempt:
                     return None
-                if not self.answered and position < len(self._sent):
+                # replayed even after the first answer: a request pulled by a failed
+                # attempt may not have reached the live one yet
+                if position < len(self._sent):
                     return self._sent[position]
                 if self.error is not None:
                     return None
@@ -267,13 +275,14 @@ class _RequestFeed:
             return request
 
     def mark_answered(self) -> None:
-        """A response arrived: from now on nothing is resent."""
+        """A response arrived: no further attempt will be made, so no new request is kept."""
         if not self.answered:
             with self._state_lock:
                 self.answered = True
-                self._sent.clear()
+                self._changed.notify_all()
 
     def restart(self) -> None:
         """End the current attempt's requests; the next :meth:`requests` starts a new one."""
         with self._state_lock:
             self._attempt += 1
+            self._changed.notify_all()
