@@ -1,4 +1,24 @@
-"""The calibration artifact: a versioned JSON file of fitted thresholds, tied to a model."""
+"""The calibration artifact: a versioned JSON file of fitted thresholds, tied to a model.
+
+``labelwatch calibrate`` writes it (:func:`calibrate` + :func:`save_artifact`);
+``labelwatch serve``/``audit`` read it (:func:`load_artifact`), which validates every
+field and raises :class:`ArtifactError` naming the file and the field. Layout
+(schema version 1; K = ``n_classes``; "pairs" are K ``[missing, spurious]`` lists)::
+
+    {"schema_version": 1, "n_classes": K, "class_names": [K names],
+     "epsilon": 1e-06,
+     "pooling": {"method": "exponential_moving_average" | "softmin",
+                 "alpha": (0, 1], "temperature": > 0, "class_score": "self_confidence"},
+     "thresholds": {"t0": [K], "t1": [K], "n_pos": [K ints], "n_neg": [K ints]},
+     "margin_cutoffs": {"prune_by_noise_rate": pairs, "prune_by_class": pairs,
+                        "both": pairs},
+     "score_cutoff": float | null,
+     "calibration": {"n_examples": N, "flag_rates": {rule: pairs, ... every rule}},
+     "model_sha256": "64 hex digits" | null, "created_at": "ISO-8601 UTC"}
+
+``null`` stands for NaN ("this cut-off flags nothing"; JSON has no NaN). Floats are
+written with ``repr`` precision, so save + load gives back the same bits.
+"""
 
 from __future__ import annotations
 
@@ -10,29 +30,36 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
-from labelwatch.scoring import CalibrationFit, Pooling, Thresholds, fit_calibration
+from labelwatch.scoring import CalibrationFit, ClassScore, FilterBy, Pooling, Thresholds
+from labelwatch.scoring.counts import TOLERANCE
+from labelwatch.scoring.online import MARGIN_RULES, fit_calibration
+from labelwatch.scoring.thresholds import EMPTY_SIDE, THRESHOLD_FLOOR
 
 SCHEMA_VERSION = 1
+"""Version of the JSON layout this module writes and reads."""
 
 
 class ArtifactError(ValueError):
-    """The artifact is missing, malformed or does not fit; the message names the field."""
+    """The artifact is missing, malformed or does not fit; the message names file and field."""
 
 
 @dataclass(frozen=True)
 class CalibrationArtifact:
-    """A :class:`CalibrationFit` plus what it was fitted for."""
+    """A :class:`CalibrationFit` plus what it was fitted for.
+
+    ``created_at``: ISO-8601 UTC time of fitting; ``epsilon``: the fuzzy
+    comparison margin the rules apply (cleanlab's 1e-6, fixed).
+    """
 
     fit: CalibrationFit
     class_names: tuple[str, ...]
     model_sha256: str | None
     created_at: str
-    epsilon: float = 1e-6
+    epsilon: float = TOLERANCE
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -40,14 +67,10 @@ class CalibrationArtifact:
         """K, the number of classes."""
         return len(self.class_names)
 
-    def to_json_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (NaN written as null)."""
+    def to_json_dict(self) -> dict[str, object]:
+        """The JSON document (plain dicts, lists, floats, ints, strings; NaN as ``None``)."""
         fit = self.fit
         th = fit.thresholds
-
-        def pairs(a: np.ndarray) -> list[list[float | None]]:
-            return [[None if math.isnan(v) else float(v) for v in row] for row in a.tolist()]
-
         return {
             "schema_version": self.schema_version,
             "n_classes": self.n_classes,
@@ -57,189 +80,229 @@ class CalibrationArtifact:
                 "method": fit.pooling.value,
                 "alpha": fit.alpha,
                 "temperature": fit.temperature,
+                "class_score": fit.method.value,
             },
             "thresholds": {
-                "t0": th.t0.tolist(),
-                "t1": th.t1.tolist(),
-                "n_pos": th.n_pos.tolist(),
-                "n_neg": th.n_neg.tolist(),
+                "t0": [float(v) for v in th.t0.tolist()],
+                "t1": [float(v) for v in th.t1.tolist()],
+                "n_pos": [int(v) for v in th.n_pos.tolist()],
+                "n_neg": [int(v) for v in th.n_neg.tolist()],
             },
-            "margin_cutoffs": {rule: pairs(v) for rule, v in fit.margin_cutoffs.items()},
-            "score_cutoff": fit.score_cutoff,
+            "margin_cutoffs": {rule: _pairs(v) for rule, v in fit.margin_cutoffs.items()},
+            "score_cutoff": None if math.isnan(fit.score_cutoff) else fit.score_cutoff,
             "calibration": {
                 "n_examples": fit.n_examples,
-                "flag_rates": {rule: pairs(v) for rule, v in fit.flag_rates.items()},
+                "flag_rates": {rule: _pairs(v) for rule, v in fit.flag_rates.items()},
             },
             "model_sha256": self.model_sha256,
             "created_at": self.created_at,
         }
 
     @classmethod
-    def from_json_dict(
-        cls, d: Mapping[str, Any], *, source: str = "artifact"
-    ) -> CalibrationArtifact:
-        """Validate and build; raise :class:`ArtifactError` naming ``source`` and the field."""
-        return _Reader(d, source).artifact()
+    def from_json_dict(cls, d: object, *, source: str = "artifact") -> CalibrationArtifact:
+        """Validate a JSON document and build the artifact.
+
+        Raises :class:`ArtifactError` ``"{source}: field '{path}' {problem}"``.
+        """
+        return _Reader(source).artifact(d)
+
+
+def _pairs(a: NDArray[np.float64]) -> list[list[float | None]]:
+    return [[None if math.isnan(v) else float(v) for v in row] for row in a.tolist()]
 
 
 class _Reader:
-    def __init__(self, d: Mapping[str, Any], source: str) -> None:
-        if not isinstance(d, Mapping):
-            raise ArtifactError(f"{source}: top level must be a JSON object")
-        self.d = d
+    """Validation helpers; every failure names ``source`` and the field path."""
+
+    def __init__(self, source: str) -> None:
         self.source = source
 
     def fail(self, field: str, problem: str) -> ArtifactError:
         return ArtifactError(f"{self.source}: field {field!r} {problem}")
 
-    def get(self, mapping: Mapping[str, Any], key: str, field: str) -> Any:
-        if not isinstance(mapping, Mapping) or key not in mapping:
+    def get(self, mapping: object, key: str, field: str) -> object:
+        if not isinstance(mapping, Mapping):
+            parent = field.rpartition(".")[0] or "(top level)"
+            raise self.fail(parent, "must be a JSON object")
+        if key not in mapping:
             raise self.fail(field, "is missing")
         return mapping[key]
 
     def number(
-        self, value: Any, field: str, lo: float, hi: float, *, lo_open: bool = False
+        self, value: object, field: str, lo: float, hi: float, *, lo_open: bool = False
     ) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(field, f"must be a number, got {value!r}")
         v = float(value)
         if not math.isfinite(v):
-            raise self.fail(field, f"must be finite, got {value!r}")
+            raise self.fail(field, f"must be finite, got {v!r}")
         if v < lo or v > hi or (lo_open and v == lo):
-            bracket = "(" if lo_open else "["
-            raise self.fail(field, f"must be in {bracket}{lo}, {hi}], got {v!r}")
+            raise self.fail(field, f"must be in {'(' if lo_open else '['}{lo}, {hi}], got {v!r}")
         return v
 
-    def vector(self, value: Any, field: str, k: int, lo: float, hi: float) -> np.ndarray:
-        if not isinstance(value, list) or len(value) != k:
-            got = len(value) if isinstance(value, list) else type(value).__name__
-            raise self.fail(field, f"must be a list of {k} numbers (n_classes), got {got}")
-        return np.array(
-            [self.number(v, f"{field}[{i}]", lo, hi) for i, v in enumerate(value)], dtype=np.float64
-        )
+    def integer(self, value: object, field: str, lo: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise self.fail(field, f"must be an integer >= {lo}, got {value!r}")
+        return value
 
-    def counts(self, value: Any, field: str, k: int) -> np.ndarray:
-        if not isinstance(value, list) or len(value) != k:
-            raise self.fail(field, f"must be a list of {k} integers (n_classes)")
-        for i, v in enumerate(value):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise self.fail(f"{field}[{i}]", f"must be a non-negative integer, got {v!r}")
-        return np.array(value, dtype=np.int64)
+    def items(self, value: object, field: str, k: int, what: str) -> list[object]:
+        if not isinstance(value, list):
+            raise self.fail(field, f"must be a list of {k} {what}, got {type(value).__name__}")
+        if len(value) != k:
+            raise self.fail(field, f"must have n_classes = {k} entries, got {len(value)}")
+        return value
 
-    def pairs(self, value: Any, field: str, k: int, lo: float, hi: float) -> np.ndarray:
-        if not isinstance(value, list) or len(value) != k:
-            raise self.fail(field, f"must be a list of {k} [missing, spurious] pairs")
+    def vector(
+        self, value: object, field: str, k: int, lo: float, hi: float
+    ) -> NDArray[np.float64]:
+        entries = self.items(value, field, k, "numbers")
+        return np.array([self.number(v, f"{field}[{i}]", lo, hi) for i, v in enumerate(entries)])
+
+    def counts(self, value: object, field: str, k: int) -> NDArray[np.int64]:
+        entries = self.items(value, field, k, "integers")
+        ints = [self.integer(v, f"{field}[{i}]", 0) for i, v in enumerate(entries)]
+        return np.array(ints, dtype=np.int64).reshape(k)
+
+    def pairs(
+        self, value: object, field: str, k: int, lo: float, hi: float, *, nullable: bool
+    ) -> NDArray[np.float64]:
         out = np.empty((k, 2), dtype=np.float64)
-        for i, row in enumerate(value):
+        for i, row in enumerate(self.items(value, field, k, "[missing, spurious] pairs")):
             if not isinstance(row, list) or len(row) != 2:
-                raise self.fail(f"{field}[{i}]", "must be a pair [missing, spurious]")
+                raise self.fail(f"{field}[{i}]", f"must be a pair [missing, spurious], got {row!r}")
             for j, v in enumerate(row):
-                out[i, j] = math.nan if v is None else self.number(v, f"{field}[{i}][{j}]", lo, hi)
+                if v is None and nullable:
+                    out[i, j] = math.nan
+                else:
+                    out[i, j] = self.number(v, f"{field}[{i}][{j}]", lo, hi)
         return out
 
-    def artifact(self) -> CalibrationArtifact:
-        d = self.d
+    def rule_map(
+        self, value: object, field: str, required: Sequence[FilterBy], k: int, **bounds: float
+    ) -> dict[str, NDArray[np.float64]]:
+        if not isinstance(value, Mapping):
+            raise self.fail(field, "must be a JSON object {rule: pairs}")
+        known = {rule.value for rule in FilterBy}
+        for rule in value:
+            if rule not in known:
+                raise self.fail(f"{field}.{rule}", f"is not a rule; rules: {', '.join(known)}")
+        for rule in required:
+            if rule.value not in value:
+                raise self.fail(f"{field}.{rule.value}", "is missing")
+        nullable = field == "margin_cutoffs"
+        return {
+            rule: self.pairs(pairs, f"{field}.{rule}", k, nullable=nullable, **bounds)
+            for rule, pairs in value.items()
+        }
+
+    def enum_value(self, value: object, field: str, enum: type[Pooling] | type[ClassScore]) -> str:
+        choices = [member.value for member in enum]
+        if value not in choices:
+            raise self.fail(field, f"must be one of {', '.join(choices)}, got {value!r}")
+        assert isinstance(value, str)
+        return value
+
+    def artifact(self, d: object) -> CalibrationArtifact:
+        if not isinstance(d, Mapping):
+            raise ArtifactError(f"{self.source}: the top level must be a JSON object")
         version = self.get(d, "schema_version", "schema_version")
         if version != SCHEMA_VERSION:
             raise self.fail(
                 "schema_version", f"is {version!r}; this labelwatch reads version {SCHEMA_VERSION}"
             )
-        names = self.get(d, "class_names", "class_names")
+        names = self.class_names(self.get(d, "class_names", "class_names"))
+        k = len(names)
+        if self.get(d, "n_classes", "n_classes") != k:
+            raise self.fail("n_classes", f"is {d['n_classes']!r} but class_names has {k} names")
+        epsilon = self.number(self.get(d, "epsilon", "epsilon"), "epsilon", 0.0, 1.0)
+        if epsilon != TOLERANCE:
+            raise self.fail("epsilon", f"must be {TOLERANCE!r} (the rules' fixed margin)")
+        fit = self.fit(d, k)
+        sha = d.get("model_sha256")
+        if sha is not None and (
+            not isinstance(sha, str) or len(sha) != 64 or set(sha) - set("0123456789abcdef")
+        ):
+            raise self.fail("model_sha256", f"must be null or 64 lowercase hex digits, got {sha!r}")
+        return CalibrationArtifact(
+            fit=fit,
+            class_names=names,
+            model_sha256=sha,
+            created_at=self.created_at(self.get(d, "created_at", "created_at")),
+            epsilon=epsilon,
+            schema_version=SCHEMA_VERSION,
+        )
+
+    def class_names(self, names: object) -> tuple[str, ...]:
         if not isinstance(names, list) or not names:
             raise self.fail("class_names", "must be a non-empty list of strings")
         for i, name in enumerate(names):
             if not isinstance(name, str) or not name:
                 raise self.fail(f"class_names[{i}]", f"must be a non-empty string, got {name!r}")
-        if len(set(names)) != len(names):
-            dup = next(n for n in names if names.count(n) > 1)
-            raise self.fail("class_names", f"has the duplicate name {dup!r}")
-        k = len(names)
-        n_classes = self.get(d, "n_classes", "n_classes")
-        if n_classes != k:
-            raise self.fail("n_classes", f"is {n_classes!r} but class_names has {k} names")
-        epsilon = self.number(self.get(d, "epsilon", "epsilon"), "epsilon", 0.0, 0.01)
-        pooling_d = self.get(d, "pooling", "pooling")
-        method = self.get(pooling_d, "method", "pooling.method")
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if name in seen:
+                raise self.fail(f"class_names[{i}]", f"repeats the name {name!r}")
+            seen.add(name)
+        return tuple(names)
+
+    def created_at(self, value: object) -> str:
+        if not isinstance(value, str):
+            raise self.fail("created_at", f"must be an ISO-8601 string, got {value!r}")
         try:
-            pooling = Pooling(method)
+            stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            choices = ", ".join(p.value for p in Pooling)
-            raise self.fail("pooling.method", f"must be one of {choices}, got {method!r}") from None
-        alpha = self.number(
-            self.get(pooling_d, "alpha", "pooling.alpha"), "pooling.alpha", 0.0, 1.0, lo_open=True
+            raise self.fail("created_at", f"is not an ISO-8601 time: {value!r}") from None
+        if stamp.utcoffset() != timezone.utc.utcoffset(None):
+            raise self.fail("created_at", f"must be in UTC (offset +00:00), got {value!r}")
+        return value
+
+    def fit(self, d: Mapping[str, object], k: int) -> CalibrationFit:
+        pooling_d = self.get(d, "pooling", "pooling")
+        method = self.enum_value(
+            self.get(pooling_d, "method", "pooling.method"), "pooling.method", Pooling
         )
-        temperature = self.number(
-            self.get(pooling_d, "temperature", "pooling.temperature"),
-            "pooling.temperature",
-            0.0,
-            math.inf,
-            lo_open=True,
-        )
+        score = self.get(pooling_d, "class_score", "pooling.class_score")
+        class_score = self.enum_value(score, "pooling.class_score", ClassScore)
+        alpha = self.get(pooling_d, "alpha", "pooling.alpha")
+        temperature = self.get(pooling_d, "temperature", "pooling.temperature")
         th_d = self.get(d, "thresholds", "thresholds")
-        t0 = self.vector(self.get(th_d, "t0", "thresholds.t0"), "thresholds.t0", k, 2e-6, 2.0)
-        t1 = self.vector(self.get(th_d, "t1", "thresholds.t1"), "thresholds.t1", k, 2e-6, 2.0)
+        lo, hi = THRESHOLD_FLOOR, EMPTY_SIDE
+        t0 = self.vector(self.get(th_d, "t0", "thresholds.t0"), "thresholds.t0", k, lo, hi)
+        t1 = self.vector(self.get(th_d, "t1", "thresholds.t1"), "thresholds.t1", k, lo, hi)
         n_pos = self.counts(self.get(th_d, "n_pos", "thresholds.n_pos"), "thresholds.n_pos", k)
         n_neg = self.counts(self.get(th_d, "n_neg", "thresholds.n_neg"), "thresholds.n_neg", k)
         cal_d = self.get(d, "calibration", "calibration")
-        n_examples = self.get(cal_d, "n_examples", "calibration.n_examples")
-        if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
-            raise self.fail(
-                "calibration.n_examples", f"must be a positive integer, got {n_examples!r}"
-            )
-        bad = np.flatnonzero(n_pos + n_neg != n_examples)
-        if bad.size:
-            i = int(bad[0])
+        n = self.integer(
+            self.get(cal_d, "n_examples", "calibration.n_examples"), "calibration.n_examples", 1
+        )
+        for i in np.flatnonzero(n_pos + n_neg != n).tolist():
             raise self.fail(
                 f"thresholds.n_pos[{i}]",
-                f"+ n_neg[{i}] = {int(n_pos[i] + n_neg[i])} != calibration.n_examples {n_examples}",
+                f"+ n_neg[{i}] = {int(n_pos[i] + n_neg[i])} but calibration.n_examples is {n}",
             )
-        rates_d = self.get(cal_d, "flag_rates", "calibration.flag_rates")
-        if not isinstance(rates_d, Mapping):
-            raise self.fail("calibration.flag_rates", "must be an object {rule: pairs}")
-        flag_rates = {
-            rule: self.pairs(v, f"calibration.flag_rates.{rule}", k, 0.0, 1.0)
-            for rule, v in rates_d.items()
-        }
-        cut_d = self.get(d, "margin_cutoffs", "margin_cutoffs")
-        if not isinstance(cut_d, Mapping):
-            raise self.fail("margin_cutoffs", "must be an object {rule: pairs}")
-        margin_cutoffs = {
-            rule: self.pairs(v, f"margin_cutoffs.{rule}", k, -1.0, 1.0) for rule, v in cut_d.items()
-        }
-        score_cutoff = self.number(
-            self.get(d, "score_cutoff", "score_cutoff"), "score_cutoff", 0.0, 1.0
-        )
-        sha = d.get("model_sha256")
-        if sha is not None and (
-            not isinstance(sha, str)
-            or len(sha) != 64
-            or any(c not in "0123456789abcdef" for c in sha)
-        ):
-            raise self.fail("model_sha256", "must be null or 64 lowercase hex digits")
-        created_at = self.get(d, "created_at", "created_at")
-        if not isinstance(created_at, str):
-            raise self.fail("created_at", "must be an ISO-8601 string")
-        try:
-            datetime.fromisoformat(created_at)
-        except ValueError:
-            raise self.fail("created_at", f"is not an ISO-8601 time: {created_at!r}") from None
-        fit = CalibrationFit(
+        rates = self.get(cal_d, "flag_rates", "calibration.flag_rates")
+        cutoffs = self.get(d, "margin_cutoffs", "margin_cutoffs")
+        score_cutoff = self.get(d, "score_cutoff", "score_cutoff")
+        return CalibrationFit(
             thresholds=Thresholds(t0=t0, t1=t1, n_pos=n_pos, n_neg=n_neg),
-            margin_cutoffs=margin_cutoffs,
-            score_cutoff=score_cutoff,
-            pooling=pooling,
-            alpha=alpha,
-            temperature=temperature,
-            n_examples=n_examples,
-            flag_rates=flag_rates,
-        )
-        return CalibrationArtifact(
-            fit=fit,
-            class_names=tuple(names),
-            model_sha256=sha,
-            created_at=created_at,
-            epsilon=epsilon,
-            schema_version=version,
+            margin_cutoffs=self.rule_map(
+                cutoffs, "margin_cutoffs", MARGIN_RULES, k, lo=-1.0, hi=1.0
+            ),
+            score_cutoff=(
+                math.nan
+                if score_cutoff is None
+                else self.number(score_cutoff, "score_cutoff", 0.0, 1.0)
+            ),
+            pooling=Pooling(method),
+            alpha=self.number(alpha, "pooling.alpha", 0.0, 1.0, lo_open=True),
+            temperature=self.number(
+                temperature, "pooling.temperature", 0.0, math.inf, lo_open=True
+            ),
+            n_examples=n,
+            flag_rates=self.rule_map(
+                rates, "calibration.flag_rates", tuple(FilterBy), k, lo=0.0, hi=1.0
+            ),
+            method=ClassScore(class_score),
         )
 
 
@@ -254,28 +317,43 @@ def calibrate(
     temperature: float = 0.1,
     now: datetime | None = None,
 ) -> CalibrationArtifact:
-    """Fit thresholds and cut-offs on held-out ``(N, K)`` data; return the artifact."""
+    """Fit the artifact on held-out ``(N, K)`` probabilities and bool tags.
+
+    ``class_names``: K names; ``model_sha256``: the model file's hash (ties the
+    artifact to it); ``now``: the creation time (default: the current UTC time).
+    Raises :class:`ArtifactError` when the result would not load back (bad class
+    names, alpha outside (0, 1], ...), ``ValueError`` for empty data.
+    """
     fit = fit_calibration(pred_probs, labels, pooling=pooling, alpha=alpha, temperature=temperature)
-    if len(class_names) != fit.thresholds.t0.shape[0]:
+    k = fit.thresholds.t0.shape[0]
+    if len(class_names) != k:
         raise ArtifactError(
-            f"class_names has {len(class_names)} names "
-            f"but the data has {fit.thresholds.t0.shape[0]} classes"
+            f"calibrate(): field 'class_names' has {len(class_names)} names "
+            f"but the data has {k} classes"
         )
-    stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat()
+    stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     artifact = CalibrationArtifact(
-        fit=fit, class_names=tuple(class_names), model_sha256=model_sha256, created_at=stamp
+        fit=fit,
+        class_names=tuple(class_names),
+        model_sha256=model_sha256,
+        created_at=stamp.isoformat(timespec="seconds"),
     )
-    # validate what we produce with the same reader that loads it
+    # What we hand out must pass the checks it will meet when loaded.
     return CalibrationArtifact.from_json_dict(artifact.to_json_dict(), source="calibrate()")
 
 
-def save_artifact(artifact: CalibrationArtifact, path: Path) -> None:
-    """Write ``artifact`` as JSON atomically (temp file + rename); floats round-trip exactly."""
+def save_artifact(artifact: CalibrationArtifact, path: Path | str) -> None:
+    """Write ``artifact`` to ``path`` as JSON, atomically (temp file + ``os.replace``).
+
+    Readers see the old file or the new one, never a partial write. Raises
+    ``OSError`` when the directory is not writable.
+    """
     path = Path(path)
     text = json.dumps(artifact.to_json_dict(), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o644)
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -285,23 +363,39 @@ def save_artifact(artifact: CalibrationArtifact, path: Path) -> None:
         raise
 
 
-def load_artifact(path: Path, *, expected_model_sha256: str | None = None) -> CalibrationArtifact:
-    """Read and validate an artifact; :class:`ArtifactError` names the file and field."""
+def load_artifact(
+    path: Path | str, *, expected_model_sha256: str | None = None
+) -> CalibrationArtifact:
+    """Read and validate the artifact at ``path``.
+
+    ``expected_model_sha256``: refuse an artifact made for another model (an
+    artifact without a hash is accepted). Raises :class:`ArtifactError` naming
+    ``path`` and the field for a missing/unreadable file, invalid JSON, any
+    invalid field, or a hash mismatch (both hashes named).
+    """
     path = Path(path)
     try:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ArtifactError(f"{path}: calibration artifact not found") from None
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ArtifactError(
+            f"{path}: calibration artifact not found (make one with `labelwatch calibrate`)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: cannot read the calibration artifact: {exc}") from None
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    artifact = CalibrationArtifact.from_json_dict(data, source=str(path))
-    if expected_model_sha256 is not None and artifact.model_sha256 != expected_model_sha256:
         raise ArtifactError(
-            f"{path}: field 'model_sha256' is {artifact.model_sha256}, but the model's sha256 is "
-            f"{expected_model_sha256}"
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+    artifact = CalibrationArtifact.from_json_dict(data, source=str(path))
+    if (
+        expected_model_sha256 is not None
+        and artifact.model_sha256 is not None
+        and artifact.model_sha256 != expected_model_sha256
+    ):
+        raise ArtifactError(
+            f"{path}: field 'model_sha256' is {artifact.model_sha256}, made for another model: "
+            f"the model's sha256 is {expected_model_sha256}; re-run `labelwatch calibrate`"
         )
     return artifact

@@ -1,55 +1,131 @@
-"""Per-class label-quality scores and their pooling into one score per example."""
+"""Per-class label-quality scores and their pooling into one score per example.
+
+Per-class scores are ``(N, K)`` float64 in [0, 1] (lower: tag more likely wrong),
+computed with cleanlab's operations in cleanlab's order, so they are bit-identical
+to ``MultilabelScorer.get_class_label_quality_scores``. Pooling follows
+``cleanlab.internal.multilabel_scorer``; the EMA only looks at the
+:func:`ema_tail_size` smallest scores of a row (see there for the error bound).
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numpy.typing import NDArray
 
-from labelwatch.scoring.types import Pooling
+from labelwatch.scoring.types import ClassScore, Pooling, Thresholds
 
-EMA_EXACT_TAIL = 32
-"""At alpha >= 0.5 only the smallest ~25 sorted scores move the EMA by more than
-1e-17; past this many classes the EMA runs over a partial selection of the
-``EMA_EXACT_TAIL`` smallest scores (O(K) instead of O(K log K))."""
-
-
-def self_confidence(probs: np.ndarray, tags: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """``(N, K)``: ``p`` where tagged, ``1 - p`` where not (cleanlab's order of operations)."""
-    # 1 - p in the input dtype, then float64, exactly as cleanlab stores it
-    return np.where(tags, probs, 1 - probs).astype(np.float64)
+EMA_TOLERANCE = 1e-17
+"""Bound on ``(1 - alpha) ** m``, how far scores past the m smallest move the EMA."""
+SOFTMIN_MIN_TEMPERATURE = 1e-6
+"""cleanlab's ``EPSILON``: the softmin temperature is floored at this."""
 
 
-def ema_pool(scores: np.ndarray, alpha: float = 0.8) -> NDArray[np.float64]:
-    """cleanlab's ``exponential_moving_average`` over each row of ``(N, K)`` scores.
+def self_confidence(probs: NDArray[np.float64], tags: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """``(N, K)``: ``p`` where tagged, ``1 - p`` where not."""
+    return np.where(tags, probs, 1 - probs)
 
-    Rows are sorted in descending order and EMA_t = alpha*s_t + (1-alpha)*EMA_(t-1)
-    is run from the largest to the smallest score, so the smallest dominate.
+
+def _adjusted(
+    probs: NDArray[np.float64], thresholds: Thresholds
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """cleanlab's ``_subtract_confident_thresholds`` of ``[1 - p, p]``: ``(a0, a1)``, ``(N, K)``."""
+    top = np.maximum(thresholds.t0, thresholds.t1)
+    a0 = ((1 - probs) - thresholds.t0) + top
+    a1 = (probs - thresholds.t1) + top
+    total = a0 + a1
+    return a0 / total, a1 / total
+
+
+def class_scores(
+    probs: NDArray[np.float64],
+    tags: NDArray[np.bool_],
+    method: ClassScore = ClassScore.SELF_CONFIDENCE,
+    *,
+    adjusted_by: Thresholds | None = None,
+) -> NDArray[np.float64]:
+    """``(N, K)`` per-class scores; ``adjusted_by``: cleanlab's ``adjust_pred_probs=True``.
+
+    ``normalized_margin`` is ``(P[given] - P[other] + 1) / 2``. With
+    ``adjusted_by``, ``P`` has each side's threshold subtracted, the larger
+    threshold added back and each row renormalised (class-imbalance adjustment).
+    """
+    if adjusted_by is None:
+        p0, p1 = 1 - probs, probs
+    else:
+        p0, p1 = _adjusted(probs, adjusted_by)
+    given = np.where(tags, p1, p0)
+    if method is ClassScore.SELF_CONFIDENCE:
+        return given
+    other = np.where(tags, p0, p1)
+    return (given - other + 1) / 2
+
+
+def ema_tail_size(alpha: float) -> int | None:
+    """Scores per row the EMA needs: the smallest m with ``(1 - alpha)**m <= 1e-17``.
+
+    Sorted descending (``s_1 >= ... >= s_K``), the EMA is ``E_1 = s_1``,
+    ``E_t = alpha * s_t + (1 - alpha) * E_(t-1)``. Starting instead at
+    ``E'_t0 = s_t0`` with ``t0 = K - m + 1`` gives ``E_t0 - E'_t0 = (1 - alpha) *
+    (E_(t0-1) - s_t0)`` in ``[0, (1 - alpha) * (s_1 - s_t0)]``, and each later
+    step multiplies the gap by ``1 - alpha``: the result moves by at most
+    ``(1 - alpha)**m * (max - min)`` of the row, ``<= 1e-17`` for scores in
+    [0, 1] (m = 25 at alpha 0.8). ``None`` (every score matters) for ``alpha <= 0``.
+    """
+    if alpha >= 1.0:
+        return 1
+    if alpha <= 0.0:
+        return None
+    m = max(1, math.ceil(math.log(EMA_TOLERANCE) / math.log1p(-alpha)))
+    while m > 1 and (1.0 - alpha) ** (m - 1) <= EMA_TOLERANCE:
+        m -= 1
+    while (1.0 - alpha) ** m > EMA_TOLERANCE:
+        m += 1
+    return m
+
+
+def exponential_moving_average(
+    scores: NDArray[np.float64], alpha: float = 0.8, *, tail: int | None = -1
+) -> NDArray[np.float64]:
+    """cleanlab's ``exponential_moving_average`` of each row of ``(N, K)`` scores -> ``(N,)``.
+
+    Rows are sorted descending and ``ema = alpha * s + (1 - alpha) * ema`` runs
+    from the largest to the smallest score. Only the ``tail`` smallest scores
+    are selected (``np.partition``, O(K)); ``tail=-1`` means :func:`ema_tail_size`,
+    ``None`` a full sort. With ``K <= tail`` this is cleanlab's result bit for bit.
+
+    >>> exponential_moving_average(np.array([[0.9, 0.9, 0.3], [0.4, 0.9, 0.6]]))
+    array([0.42 , 0.452])
     """
     k = scores.shape[1]
-    if k > EMA_EXACT_TAIL and alpha >= 0.5:
-        m = EMA_EXACT_TAIL
+    m = ema_tail_size(alpha) if tail == -1 else tail
+    if m is not None and m < k:
         scores = np.partition(scores, m - 1, axis=1)[:, :m]
-    ordered = np.fliplr(np.sort(scores, axis=1))
-    columns = ordered.T
+    columns = np.fliplr(np.sort(scores, axis=1)).T
     ema = columns[0]
     for column in columns[1:]:
         ema = alpha * column + (1 - alpha) * ema
     return np.asarray(ema, dtype=np.float64)
 
 
-def softmin_pool(scores: np.ndarray, temperature: float = 0.1) -> NDArray[np.float64]:
-    """cleanlab's ``softmin``: ``sum_k s_k * softmax((1 - s) / T)_k`` per row of ``(N, K)``."""
-    x = (1 - scores) / temperature
-    x = x - x.max(axis=1, keepdims=True)
+def softmin(scores: NDArray[np.float64], temperature: float = 0.1) -> NDArray[np.float64]:
+    """cleanlab's ``softmin``: ``sum_k s_k * softmax((1 - s) / T)_k`` per row -> ``(N,)``."""
+    x = (1 - scores) / max(temperature, SOFTMIN_MIN_TEMPERATURE)
+    x = x - np.max(x, axis=1, keepdims=True)
     e = np.exp(x)
-    weights = e / e.sum(axis=1, keepdims=True)
+    weights = e / np.sum(e, axis=1, keepdims=True)
     return np.asarray(np.einsum("ij,ij->i", scores, weights), dtype=np.float64)
 
 
 def pool(
-    scores: np.ndarray, pooling: Pooling, *, alpha: float = 0.8, temperature: float = 0.1
+    scores: NDArray[np.float64],
+    pooling: Pooling = Pooling.EMA,
+    *,
+    alpha: float = 0.8,
+    temperature: float = 0.1,
 ) -> NDArray[np.float64]:
     """Pool ``(N, K)`` per-class scores into ``(N,)`` label-quality scores in [0, 1]."""
     if pooling is Pooling.EMA:
-        return ema_pool(scores, alpha)
-    return softmin_pool(scores, temperature)
+        return exponential_moving_average(scores, alpha)
+    return softmin(scores, temperature)

@@ -3,44 +3,54 @@
 from __future__ import annotations
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from labelwatch.scoring.types import Thresholds
 
 THRESHOLD_FLOOR = 2e-6
 """cleanlab's ``CONFIDENT_THRESHOLDS_LOWER_BOUND``: thresholds are clipped below at this."""
 EMPTY_SIDE = 2.0
-"""Threshold of a side with no examples (no tagged or no untagged ones): unreachable."""
+"""cleanlab's ``BIG_VALUE``: threshold of a side with no examples, above any probability."""
 
 
-def as_arrays(pred_probs: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``pred_probs`` as a float array (dtype kept if floating) and ``labels`` as bool."""
-    probs = np.asarray(pred_probs)
-    if not np.issubdtype(probs.dtype, np.floating):
-        probs = probs.astype(np.float64)
+def as_arrays(
+    pred_probs: ArrayLike, labels: ArrayLike
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """``(N, K)`` probabilities as float64 and ``(N, K)`` tags as bool (nonzero = tagged).
+
+    Every computation in this package runs in float64: float32 input is widened
+    first (cleanlab would compute in float32, see ``docs`` in :mod:`labelwatch.scoring.batch`).
+    """
+    probs = np.asarray(pred_probs, dtype=np.float64)
     tags = np.asarray(labels).astype(np.bool_)
     if probs.ndim != 2 or tags.shape != probs.shape:
-        raise ValueError(f"pred_probs {probs.shape} and labels {tags.shape} must be (N, K)")
+        raise ValueError(f"pred_probs {probs.shape} and labels {tags.shape} must both be (N, K)")
     return probs, tags
 
 
 def fit_thresholds(pred_probs: ArrayLike, labels: ArrayLike) -> Thresholds:
     """Fit ``t0``/``t1`` per class from ``(N, K)`` probabilities and ``(N, K)`` tags.
 
-    Computed as cleanlab does, bit for bit: ``1 - p`` first, then ``np.mean``
-    over the masked column, then a clip below at 2e-6.
+    ``t1[k]`` is the mean of ``p[:, k]`` over tagged examples, ``t0[k]`` the mean
+    of ``1 - p[:, k]`` over untagged ones, :data:`EMPTY_SIDE` for a side with no
+    examples, all clipped below at :data:`THRESHOLD_FLOOR`. Bit for bit as
+    cleanlab: ``1 - p`` first, then ``np.mean`` over the masked column.
     """
     probs, tags = as_arrays(pred_probs, labels)
-    k = probs.shape[1]
-    t0 = np.empty(k, dtype=np.float64)
-    t1 = np.empty(k, dtype=np.float64)
-    n_pos = tags.sum(axis=0).astype(np.int64)
-    n_neg = (tags.shape[0] - n_pos).astype(np.int64)
+    n, k = probs.shape
+    n_pos = tags.sum(axis=0, dtype=np.int64)
+    n_neg = (n - n_pos).astype(np.int64)
+    # (K, N) rows so each masked column is gathered from contiguous memory.
+    p1 = np.ascontiguousarray(probs.T)
+    p0 = 1 - p1
+    y = np.ascontiguousarray(tags.T)
+    t0 = np.full(k, EMPTY_SIDE)
+    t1 = np.full(k, EMPTY_SIDE)
     for c in range(k):
-        p = probs[:, c]
-        y = tags[:, c]
-        t0[c] = np.mean((1 - p)[~y]) if n_neg[c] else EMPTY_SIDE
-        t1[c] = np.mean(p[y]) if n_pos[c] else EMPTY_SIDE
+        if n_neg[c]:
+            t0[c] = np.mean(p0[c][~y[c]])
+        if n_pos[c]:
+            t1[c] = np.mean(p1[c][y[c]])
     return Thresholds(
         t0=np.clip(t0, THRESHOLD_FLOOR, None),
         t1=np.clip(t1, THRESHOLD_FLOOR, None),

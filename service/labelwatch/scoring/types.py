@@ -68,6 +68,7 @@ class CalibrationFit:
     ``score_cutoff``: label-quality cut-off for ``low_self_confidence``.
     ``flag_rates[rule]``: ``(n_classes, 2)`` fraction of calibration examples
     flagged per class (column 0 MISSING, column 1 SPURIOUS).
+    ``method``: the per-class score pooled into ``Decision.label_quality``.
     """
 
     thresholds: Thresholds
@@ -78,6 +79,7 @@ class CalibrationFit:
     temperature: float
     n_examples: int
     flag_rates: Mapping[str, NDArray[np.float64]]
+    method: ClassScore = ClassScore.SELF_CONFIDENCE
 
 
 @dataclass(frozen=True)
