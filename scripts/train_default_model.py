@@ -1,0 +1,347 @@
+#!/usr/bin/env python3
+"""Train labelwatch's default model and calibrate its thresholds, from the shipped dataset.
+
+Reads ``data/debtags/debtags.jsonl.gz`` (see ``service/labelwatch/data/DATASET.md``) and writes
+
+* ``service/labelwatch/data/default_model.onnx``: TF-IDF (word 1-2 grams) + one-vs-rest
+  logistic regression, fitted on the *train* split. Input ``text``: string ``(N, 1)``, raw
+  text; output ``probabilities``: float32 ``(N, K)``. Metadata ``class_names`` is a JSON list.
+* ``service/labelwatch/data/default_thresholds.json``: the calibration artifact, fitted on
+  the model's probabilities for the *calibration* split and tied to the model's sha256.
+
+and prints test-split metrics (micro/macro F1 at 0.5, average precision) as JSON.
+
+The ONNX graph is the TfidfVectorizer exported by skl2onnx followed by one
+``MatMul(W (V, K)) + Add(b) + Sigmoid``; the stock OneVsRest export would make one node per
+class, several times larger and slower. The ONNX output is checked against scikit-learn's
+``predict_proba`` (max abs difference ``--tolerance``) on a sample of the test split.
+
+The run is deterministic: re-running it writes the same bytes (and so the same sha256).
+Takes about a minute on 2 cores::
+
+    python scripts/train_default_model.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import debtags_data
+import numpy as np
+import onnx
+import onnxruntime as ort
+from numpy.typing import NDArray
+from onnx import TensorProto, helper, numpy_helper
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import StringTensorType
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, f1_score
+
+REPO = debtags_data.REPO
+sys.path.insert(0, str(REPO / "service"))
+
+from labelwatch.calibration import calibrate, save_artifact  # noqa: E402
+from labelwatch.scoring import Pooling  # noqa: E402
+
+DATA_DIR = REPO / "service" / "labelwatch" / "data"
+GRAPH_NAME = "debtags-tfidf-lr"
+INPUT_NAME = "text"
+OUTPUT_NAME = "probabilities"
+# ASCII only, so that Python's re (scikit-learn) and RE2 (onnxruntime's Tokenizer) agree;
+# single characters and '+'/'#' are kept for "C", "R", "C++", "C#".
+TOKEN_PATTERN = r"[a-z0-9][a-z0-9+#]*"
+OPSET = {"": 17, "ai.onnx.ml": 3}
+ORT_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Everything that shapes the model; stored in the model's metadata."""
+
+    max_features: int = 16000
+    ngram_max: int = 2
+    min_df: int = 2
+    c: float = 10.0
+    max_iter: int = 2000
+
+
+def fit_vectorizer(texts: Sequence[str], hp: Hyperparameters) -> TfidfVectorizer:
+    """TF-IDF over ``texts``; every kept bigram's words are kept unigrams.
+
+    onnxruntime's TfIdfVectorizer only counts an n-gram whose words are all in its pool,
+    so a bigram whose word was cut (by ``max_features`` ties) is dropped before the
+    final fit. ``sublinear_tf`` stays off (skl2onnx exports it differently).
+    """
+    common = {
+        "lowercase": True,
+        "token_pattern": TOKEN_PATTERN,
+        "ngram_range": (1, hp.ngram_max),
+        "dtype": np.float32,
+    }
+    first = TfidfVectorizer(min_df=hp.min_df, max_features=hp.max_features, **common)
+    first.fit(texts)
+    vocab = set(first.vocabulary_)
+    kept = sorted(w for w in vocab if all(part in vocab for part in w.split(" ")))
+    final = TfidfVectorizer(vocabulary=kept, **common)
+    final.fit(texts)
+    return final
+
+
+def fit_classifiers(
+    features: object, labels: NDArray[np.bool_], hp: Hyperparameters
+) -> list[LogisticRegression]:
+    """One L2 logistic regression per class (one-vs-rest) on ``(n, V)`` features."""
+    classifiers = []
+    for k in range(labels.shape[1]):
+        clf = LogisticRegression(C=hp.c, max_iter=hp.max_iter)
+        classifiers.append(clf.fit(features, labels[:, k]))
+    return classifiers
+
+
+def stack_weights(
+    classifiers: Sequence[LogisticRegression],
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """``W`` ``(V, K)`` and ``b`` ``(K,)`` as float32, class ``k`` in column ``k``."""
+    weights = np.stack([np.asarray(c.coef_[0]) for c in classifiers], axis=1)
+    bias = np.asarray([c.intercept_[0] for c in classifiers])
+    return weights.astype(np.float32), bias.astype(np.float32)
+
+
+def sklearn_probs(
+    vectorizer: TfidfVectorizer, classifiers: Sequence[LogisticRegression], texts: Sequence[str]
+) -> NDArray[np.float64]:
+    """The reference: scikit-learn's ``predict_proba`` of each class, ``(n, K)`` float64."""
+    x = vectorizer.transform(texts)
+    return np.stack([c.predict_proba(x)[:, 1] for c in classifiers], axis=1).astype(np.float64)
+
+
+def export_onnx(
+    vectorizer: TfidfVectorizer,
+    weights: NDArray[np.float32],
+    bias: NDArray[np.float32],
+    class_names: Sequence[str],
+    metadata: dict[str, str],
+) -> onnx.ModelProto:
+    """skl2onnx's TfidfVectorizer graph + ``Sigmoid(MatMul(tfidf, W) + b)``."""
+    model: onnx.ModelProto = convert_sklearn(
+        vectorizer,
+        initial_types=[(INPUT_NAME, StringTensorType([None, 1]))],
+        # the ONNX StringNormalizer needs an installed locale; "C" always is
+        options={id(vectorizer): {"locale": "C"}},
+        target_opset=OPSET,
+    )
+    graph = model.graph
+    (tfidf_out,) = (o.name for o in graph.output)
+    n_classes = weights.shape[1]
+    graph.initializer.extend(
+        [numpy_helper.from_array(weights, "coef"), numpy_helper.from_array(bias, "intercept")]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("MatMul", [tfidf_out, "coef"], ["scores"], name="MatMulCoef"),
+            helper.make_node("Add", ["scores", "intercept"], ["logits"], name="AddIntercept"),
+            helper.make_node("Sigmoid", ["logits"], [OUTPUT_NAME], name="Sigmoid"),
+        ]
+    )
+    del graph.output[:]
+    graph.output.append(
+        helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None, n_classes])
+    )
+    graph.name = GRAPH_NAME
+    # skl2onnx collects opsets in a set: its order follows the per-process string hash seed
+    opsets = sorted((o.domain, o.version) for o in model.opset_import)
+    del model.opset_import[:]
+    model.opset_import.extend(helper.make_opsetid(d, v) for d, v in opsets)
+    graph.doc_string = (
+        f"TF-IDF (word 1-{vectorizer.ngram_range[1]} grams, {len(vectorizer.vocabulary_)} "
+        f"features) + one-vs-rest logistic regression over {n_classes} debtags. "
+        f"Input {INPUT_NAME!r}: string (N, 1) raw text; output {OUTPUT_NAME!r}: float (N, K) "
+        "per-class probabilities; class order in metadata 'class_names'."
+    )
+    model.producer_name = "labelwatch scripts/train_default_model.py"
+    model.producer_version = "1"
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {"class_names": json.dumps(list(class_names)), **metadata})
+    onnx.checker.check_model(model)
+    return model
+
+
+def onnx_probs(session: ort.InferenceSession, texts: Sequence[str]) -> NDArray[np.float64]:
+    """Run the exported model in batches of ``ORT_BATCH``; ``(n, K)`` float64."""
+    parts = []
+    for start in range(0, len(texts), ORT_BATCH):
+        feed = np.asarray(list(texts[start : start + ORT_BATCH]), dtype=object).reshape(-1, 1)
+        (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: feed})
+        parts.append(np.asarray(out, dtype=np.float64))
+    return np.vstack(parts)
+
+
+def test_metrics(probs: NDArray[np.float64], labels: NDArray[np.bool_]) -> dict[str, float]:
+    """Micro/macro F1 at 0.5 and micro/macro average precision, over ``(n, K)`` arrays."""
+    pred = probs >= 0.5
+    present = labels.any(axis=0)  # AP is undefined for a class with no positive
+    return {
+        "micro_f1": float(f1_score(labels, pred, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(labels, pred, average="macro", zero_division=0)),
+        "micro_ap": float(average_precision_score(labels, probs, average="micro")),
+        "macro_ap": float(
+            average_precision_score(labels[:, present], probs[:, present], average="macro")
+        ),
+    }
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Train the default debtags model (ONNX) and calibrate its thresholds "
+        "artifact from the shipped dataset; print test-split metrics as JSON.",
+    )
+    parser.add_argument(
+        "--dataset", type=Path, default=debtags_data.DATASET, help="debtags .jsonl.gz file"
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=DATA_DIR,
+        help="where default_model.onnx and default_thresholds.json go",
+    )
+    parser.add_argument("--max-features", type=int, default=Hyperparameters.max_features)
+    parser.add_argument("--c", type=float, default=Hyperparameters.c, help="inverse L2 strength")
+    parser.add_argument(
+        "--pooling",
+        choices=[p.value for p in Pooling],
+        default=Pooling.SOFTMIN.value,
+        help="label-quality pooling stored in the artifact",
+    )
+    parser.add_argument("--temperature", type=float, default=0.1, help="softmin temperature")
+    parser.add_argument("--alpha", type=float, default=0.8, help="EMA alpha")
+    parser.add_argument(
+        "--tolerance", type=float, default=1e-5, help="max |ONNX - sklearn| probability"
+    )
+    parser.add_argument("--check-rows", type=int, default=1000, help="test rows compared")
+    parser.add_argument("--metrics-out", type=Path, help="also write the metrics JSON here")
+    args = parser.parse_args(argv)
+    hp = Hyperparameters(max_features=args.max_features, c=args.c)
+
+    started = time.monotonic()
+    data = debtags_data.load(args.dataset)
+    train, cal, test = data["train"], data["calibration"], data["test"]
+    vectorizer = fit_vectorizer(train.texts, hp)
+    classifiers = fit_classifiers(vectorizer.transform(train.texts), train.labels, hp)
+    weights, bias = stack_weights(classifiers)
+    fitted = time.monotonic()
+
+    metadata = {
+        "dataset": "debtags: " + _dataset_release(args.dataset),
+        "hyperparameters": json.dumps(asdict(hp), sort_keys=True),
+        "token_pattern": TOKEN_PATTERN,
+    }
+    model = export_onnx(vectorizer, weights, bias, data.class_names, metadata)
+    model_bytes = model.SerializeToString()
+    model_sha = sha256_bytes(model_bytes)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # reproducible float sums
+    session = ort.InferenceSession(
+        model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+    sample = test.texts[: args.check_rows]
+    reference = sklearn_probs(vectorizer, classifiers, sample)
+    diff = float(np.abs(onnx_probs(session, sample) - reference).max())
+    if diff > args.tolerance:
+        print(f"ONNX and scikit-learn disagree: max |diff| {diff:.3g}", file=sys.stderr)
+        return 1
+
+    cal_probs = onnx_probs(session, cal.texts)
+    test_probs = onnx_probs(session, test.texts)
+    artifact = calibrate(
+        cal_probs,
+        cal.labels,
+        data.class_names,
+        model_sha256=model_sha,
+        pooling=Pooling(args.pooling),
+        alpha=args.alpha,
+        temperature=args.temperature,
+        now=_created_at(args.dataset),
+    )
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = args.out_dir / "default_model.onnx"
+    model_path.write_bytes(model_bytes)
+    thresholds_path = args.out_dir / "default_thresholds.json"
+    save_artifact(artifact, thresholds_path)
+
+    report = {
+        "model": str(model_path),
+        "model_sha256": model_sha,
+        "model_bytes": len(model_bytes),
+        "thresholds": str(thresholds_path),
+        "thresholds_sha256": sha256_bytes(thresholds_path.read_bytes()),
+        "thresholds_bytes": thresholds_path.stat().st_size,
+        "n_features": len(vectorizer.vocabulary_),
+        "n_classes": len(data.class_names),
+        "split_sizes": {name: len(data[name]) for name in debtags_data.SPLITS},
+        "onnx_vs_sklearn_max_abs_diff": diff,
+        "test": test_metrics(test_probs, test.labels),
+        "calibration": test_metrics(cal_probs, cal.labels),
+        "seconds": {"fit": fitted - started, "total": time.monotonic() - started},
+        "hyperparameters": asdict(hp),
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.metrics_out is not None:
+        args.metrics_out.write_text(text + "\n")
+    return 0
+
+
+def _release(dataset: Path) -> dict[str, str]:
+    """The ``release`` block of the dataset's ``.meta.json`` (empty if there is none)."""
+    meta_path = dataset.with_name(dataset.name.split(".")[0] + ".meta.json")
+    if not meta_path.is_file():
+        return {}
+    release = json.loads(meta_path.read_text()).get("release", {})
+    return {str(k): str(v) for k, v in release.items()}
+
+
+def _created_at(dataset: Path) -> datetime:
+    """A fixed ``created_at`` for the artifact, so that re-runs write the same bytes.
+
+    ``SOURCE_DATE_EPOCH`` if set (the reproducible-builds convention), else the date of
+    the Debian release the dataset was built from, else the Unix epoch.
+    """
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        return datetime.fromtimestamp(int(epoch), tz=timezone.utc)
+    date = _release(dataset).get("Date")
+    if date:
+        return parsedate_to_datetime(date).astimezone(timezone.utc)
+    return datetime.fromtimestamp(0, tz=timezone.utc)
+
+
+def _dataset_release(dataset: Path) -> str:
+    """``"Debian 12.15 bookworm main, <date>"`` from the dataset's meta file, if present."""
+    release = _release(dataset)
+    if not release:
+        return dataset.name
+    return (
+        f"{release.get('Origin', 'Debian')} {release.get('Version', '?')} "
+        f"{release.get('Codename', '?')} main, {release.get('Date', '?')}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
