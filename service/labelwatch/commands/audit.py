@@ -1,0 +1,274 @@
+"""``labelwatch audit``: score a whole labeled dataset offline, write a JSONL (and HTML) report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+from numpy.typing import NDArray
+
+from labelwatch import datasets, report_html
+from labelwatch.calibration import ArtifactError, CalibrationArtifact, load_artifact
+from labelwatch.commands._offline import (
+    DATA_HELP,
+    Progress,
+    add_class_names_argument,
+    add_pooling_arguments,
+    fail,
+    pooling_name,
+    pooling_settings,
+)
+from labelwatch.scoring import (
+    FilterBy,
+    decide,
+    find_label_issues,
+    fit_thresholds,
+    label_quality_scores,
+)
+
+BATCH_DEFAULT_RULE = FilterBy.PRUNE_BY_NOISE_RATE  # cleanlab's default
+ONLINE_DEFAULT_RULE = FilterBy.CONFIDENT_LEARNING  # `labelwatch serve`'s default
+
+_DESCRIPTION = f"""\
+Score every example of a labeled dataset and report suspected label issues.
+
+Two modes:
+  without --thresholds  the batch setting of cleanlab: per-class thresholds are
+                        fitted on DATA itself, flags are
+                        cleanlab.multilabel_classification.filter.find_label_issues
+                        (--filter-by, default {BATCH_DEFAULT_RULE.value}) and
+                        scores are ...rank.get_label_quality_scores; the output
+                        equals cleanlab's.
+  with --thresholds     the online rule of `labelwatch serve`: each example is
+                        judged against an artifact from `labelwatch calibrate`
+                        (--filter-by default {ONLINE_DEFAULT_RULE.value}, as in
+                        serve); DATA's classes must match the artifact's, and
+                        pooling comes from the artifact.
+
+--out gets one JSON object a line, in input order:
+  {{"index": 0, "id": "a1", "label_quality": 0.41, "is_issue": true,
+   "issues": [{{"label": "dog", "class_index": 1, "kind": "MISSING",
+               "probability": 0.93, "threshold": 0.71}}]}}
+label_quality is in [0, 1], lower = more likely mislabeled. "probability" is
+the model's p[k] of the class; "threshold" is the class's confident threshold
+on the same p scale: t1[k] for MISSING (an untagged class counts as confidently
+present when p >= t1[k]) and 1 - t0[k] for SPURIOUS (a tagged class counts as
+confidently absent when p <= 1 - t0[k]); t1[k] is the mean p of the examples
+tagged k, t0[k] the mean 1 - p of the others. (The prune_by_* rules flag the
+most confident cases by rank, so a flagged p is usually, not always, past it.)
+
+A per-class table (class, tagged, t0, t1, flagged missing, flagged spurious)
+goes to stdout. Exit status: 0 done, 2 bad arguments, data or artifact
+(one-line message on stderr), 1 the report cannot be written.
+
+{DATA_HELP}"""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``audit`` subcommand."""
+    parser = subparsers.add_parser(
+        "audit",
+        help="score a labeled dataset offline and report suspected label issues",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", required=True, type=Path, help="labeled data, .npz or .jsonl.")
+    parser.add_argument(
+        "--thresholds",
+        type=Path,
+        default=None,
+        help="calibration artifact (JSON) from `labelwatch calibrate`; selects the online rule.",
+    )
+    parser.add_argument(
+        "--filter-by",
+        choices=[rule.value for rule in FilterBy],
+        default=None,
+        metavar="RULE",
+        help=f"flag rule, one of: {', '.join(rule.value for rule in FilterBy)} (default "
+        f"{BATCH_DEFAULT_RULE.value}, or {ONLINE_DEFAULT_RULE.value} with --thresholds).",
+    )
+    add_pooling_arguments(parser, defaults_shown="without --thresholds ")
+    add_class_names_argument(parser)
+    parser.add_argument("--out", required=True, type=Path, help="JSONL report to write.")
+    parser.add_argument(
+        "--html", type=Path, default=None, help="also write a self-contained HTML report here."
+    )
+    parser.set_defaults(func=run)
+
+
+@dataclass(frozen=True)
+class Audit:
+    """A scored dataset.
+
+    ``flags`` ``(N, K)`` bool; ``label_quality`` ``(N,)`` in ``[0, 1]``; ``t0``/``t1``
+    ``(K,)`` the thresholds used; ``mode`` says batch or online, for the reports.
+    """
+
+    data: datasets.LabeledData
+    flags: NDArray[np.bool_]
+    label_quality: NDArray[np.float64]
+    t0: NDArray[np.float64]
+    t1: NDArray[np.float64]
+    rule: FilterBy
+    mode: str
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, score, write the reports, print the summary; return the exit code."""
+    progress = Progress("audit")
+    try:
+        artifact = load_artifact(args.thresholds) if args.thresholds else None
+        expected = _expected_class_names(args, artifact)
+        progress.stage(f"loading {args.data}")
+        data = datasets.load(args.data, class_names=expected)
+        progress.done()
+        progress.set_total(data.n_examples)
+        progress.stage(f"scoring {data.n_examples} examples x {data.n_classes} classes")
+        audit = score(data, args, artifact)
+        progress.done()
+    except (ArtifactError, ValueError) as exc:  # DataError is a ValueError
+        progress.clear()
+        return fail("audit", str(exc))
+    try:
+        progress.stage(f"writing {args.out}")
+        with args.out.open("w", encoding="utf-8") as out:
+            write_jsonl(audit, out, progress)
+        progress.done()
+        if args.html:
+            meta = {"data": str(args.data), "mode": audit.mode, "rule": audit.rule.value}
+            page = report_html.render(
+                data, audit.flags, audit.label_quality, audit.t0, audit.t1, meta
+            )
+            args.html.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        progress.clear()
+        return fail("audit", f"cannot write {exc.filename}: {exc.strerror}", code=1)
+    print_summary(audit, sys.stdout)
+    extra = f" and {args.html}" if args.html else ""
+    print(f"wrote {args.out}{extra}")
+    return 0
+
+
+def _expected_class_names(
+    args: argparse.Namespace, artifact: CalibrationArtifact | None
+) -> tuple[str, ...] | None:
+    given = datasets.parse_class_names(args.class_names) if args.class_names else None
+    if artifact is None:
+        return given
+    if given is not None and given != tuple(artifact.class_names):
+        raise datasets.DataError(
+            f"--class-names differ from the classes of {args.thresholds}; drop --class-names"
+        )
+    return tuple(artifact.class_names)
+
+
+def score(
+    data: datasets.LabeledData, args: argparse.Namespace, artifact: CalibrationArtifact | None
+) -> Audit:
+    """Flags and scores for ``data``: batch (cleanlab) mode, or online with ``artifact``."""
+    if artifact is None:
+        rule = FilterBy(args.filter_by or BATCH_DEFAULT_RULE)
+        pooling, alpha, temperature = pooling_settings(args)
+        thresholds = fit_thresholds(data.pred_probs, data.labels)
+        flags = find_label_issues(data.pred_probs, data.labels, filter_by=rule)
+        quality = label_quality_scores(
+            data.pred_probs, data.labels, pooling=pooling, alpha=alpha, temperature=temperature
+        )
+        mode = f"batch (cleanlab), pooling {pooling_name(pooling)}"
+        return Audit(data, flags, quality, thresholds.t0, thresholds.t1, rule, mode)
+    for flag in ("pooling", "alpha", "temperature"):
+        if getattr(args, flag) is not None:
+            raise ValueError(
+                f"--{flag} is fixed at calibration time and stored in {args.thresholds}; "
+                f"drop --{flag} or re-run `labelwatch calibrate --{flag} ...`"
+            )
+    rule = FilterBy(args.filter_by or ONLINE_DEFAULT_RULE)
+    fit = artifact.fit
+    decision = decide(fit, data.pred_probs, data.labels, rule)
+    mode = f"online, thresholds from {args.thresholds}, pooling {pooling_name(fit.pooling)}"
+    return Audit(
+        data,
+        decision.flags,
+        decision.label_quality,
+        fit.thresholds.t0,
+        fit.thresholds.t1,
+        rule,
+        mode,
+    )
+
+
+def issues_of(audit: Audit, i: int) -> list[dict[str, object]]:
+    """The ``issues`` list of example ``i`` (see ``--help`` for the fields)."""
+    data = audit.data
+    out: list[dict[str, object]] = []
+    for k in np.flatnonzero(audit.flags[i]).tolist():
+        spurious = bool(data.labels[i, k])
+        out.append(
+            {
+                "label": data.class_names[k],
+                "class_index": k,
+                "kind": "SPURIOUS" if spurious else "MISSING",
+                "probability": float(data.pred_probs[i, k]),
+                "threshold": 1.0 - float(audit.t0[k]) if spurious else float(audit.t1[k]),
+            }
+        )
+    return out
+
+
+def write_jsonl(audit: Audit, out: TextIO, progress: Progress | None = None) -> None:
+    """Write one JSON object per example, in input order."""
+    is_issue: NDArray[np.bool_] = np.asarray(audit.flags.any(axis=1))
+    quality = audit.label_quality.tolist()
+    for i, id_ in enumerate(audit.data.ids):
+        flagged = bool(is_issue[i])
+        row = {
+            "index": i,
+            "id": id_,
+            "label_quality": quality[i],
+            "is_issue": flagged,
+            "issues": issues_of(audit, i) if flagged else [],
+        }
+        out.write(json.dumps(row, ensure_ascii=False))
+        out.write("\n")
+        if progress is not None and i % 4096 == 0:
+            progress.update(i)
+    if progress is not None:
+        progress.update(audit.data.n_examples)
+
+
+def summary_rows(audit: Audit) -> list[tuple[str, int, float, float, int, int]]:
+    """Per class: ``(name, tagged, t0, t1, flagged missing, flagged spurious)``."""
+    labels = audit.data.labels
+    tagged = labels.sum(axis=0).tolist()
+    missing = (audit.flags & ~labels).sum(axis=0).tolist()
+    spurious = (audit.flags & labels).sum(axis=0).tolist()
+    return [
+        (name, tagged[k], float(audit.t0[k]), float(audit.t1[k]), missing[k], spurious[k])
+        for k, name in enumerate(audit.data.class_names)
+    ]
+
+
+def print_summary(audit: Audit, out: TextIO) -> None:
+    """Print the per-class table and a one-line total to ``out``."""
+    rows = summary_rows(audit)
+    width = min(max([5, *(len(r[0]) for r in rows)]), 40)
+    header = ("class", "tagged", "t0", "t1", "missing", "spurious")
+    print(f"{header[0]:<{width}}  " + "  ".join(f"{h:>8}" for h in header[1:]), file=out)
+    for name, tagged, t0, t1, missing, spurious in rows:
+        shown = name if len(name) <= width else name[: width - 1] + "~"
+        print(
+            f"{shown:<{width}}  {tagged:>8}  {t0:>8.4f}  {t1:>8.4f}  {missing:>8}  {spurious:>8}",
+            file=out,
+        )
+    n = audit.data.n_examples
+    n_issue = int(audit.flags.any(axis=1).sum())
+    print(
+        f"{n} examples, {n_issue} with an issue ({100 * n_issue / n:.2f}%); "
+        f"rule {audit.rule.value}; {audit.mode}",
+        file=out,
+    )
