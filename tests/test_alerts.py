@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from support_tools import REPO, require_tool
 
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"

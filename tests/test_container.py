@@ -24,13 +24,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from support_tools import REPO, in_ci, require_tool
 
 from labelwatch.calibration import load_artifact
 from labelwatch.scoring import FilterBy, decide
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
 from support_server import CLASS_NAMES, random_calibration, write_artifact
+from support_tools import REPO, in_ci, require_tool
 
 pytestmark = pytest.mark.timeout(1200)
 

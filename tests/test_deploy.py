@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from support_tools import (
     PIP_DEPS_HINT,
     REPO,

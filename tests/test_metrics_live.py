@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import pytest
-from support_tools import REPO, alert_exprs, dashboard_exprs, free_port, require_tool
 
 from labelwatch.calibration import load_artifact
 from labelwatch.scoring import FilterBy, decide
@@ -29,6 +28,7 @@ from support_server import (
     target_of,
     write_artifact,
 )
+from support_tools import REPO, alert_exprs, dashboard_exprs, free_port, require_tool
 
 T = TypeVar("T")
 DEADLINE_SECONDS = 60.0
