@@ -1,0 +1,76 @@
+"""A client in another language, given only the .proto, scores against the real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from support_server import server_process
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "node"
+
+
+@pytest.fixture(scope="module")
+def node_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("node/npm are required in CI for the other-language client test")
+        pytest.skip("node/npm not installed: the Node.js client example cannot run")
+    work = tmp_path_factory.mktemp("node") / "examples" / "node"
+    shutil.copytree(EXAMPLE, work)
+    shutil.copytree(REPO / "proto", work.parent.parent / "proto")
+    subprocess.run(
+        ["npm", "install", "--no-audit", "--no-fund", "--silent"],
+        cwd=work,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    return work
+
+
+def test_node_client_scores_text_with_only_the_proto(node_example: Path, tmp_path: Path) -> None:
+    rows = [
+        {"id": "py", "text": "Python 3 bindings for the GNOME toolkit", "labels": []},
+        {"id": "game", "text": "Real-time strategy game", "labels": ["role::program"]},
+    ]
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with server_process([]) as server:  # no flags: the embedded default model
+        done = subprocess.run(
+            ["node", "score.js", server.target, str(data)],
+            cwd=node_example,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["id"] for r in results] == ["py", "game"]
+    for result in results:
+        assert 0.0 <= result["label_quality"] <= 1.0
+        assert result["model_version"].startswith("debtags-tfidf-lr-")
+    # an untagged package: whatever the model suspects can only be missing tags
+    assert results[0]["is_issue"] is True
+    assert {i["kind"] for i in results[0]["issues"]} == {"ISSUE_KIND_MISSING"}
+
+
+def test_node_client_gets_the_servers_error(node_example: Path, tmp_path: Path) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps({"id": "x", "text": "t", "labels": ["no-such-tag"]}) + "\n")
+    with server_process([]) as server:
+        done = subprocess.run(
+            ["node", "score.js", server.target, str(data)],
+            cwd=node_example,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1
+    assert "'x'" in done.stderr and "'no-such-tag'" in done.stderr
