@@ -11,9 +11,11 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -135,15 +137,16 @@ def running_server(**overrides: object) -> Iterator[RunningServer]:
 
     ``overrides`` are :class:`Settings` fields (e.g. ``thresholds=Path(...)``).
     """
-    settings = dataclasses.replace(
-        Settings(port=0, metrics_port=0, grace_seconds=2.0),
-        **overrides,  # type: ignore[arg-type]
-    )
-    server = start(settings, registry=CollectorRegistry())
-    try:
-        yield server
-    finally:
-        server.stop(0.5)
+    with tempfile.TemporaryDirectory(prefix="labelwatch-test-") as data_dir:
+        settings = dataclasses.replace(
+            Settings(port=0, metrics_port=0, grace_seconds=2.0, data_dir=Path(data_dir)),
+            **overrides,  # type: ignore[arg-type]
+        )
+        server = start(settings, registry=CollectorRegistry())
+        try:
+            yield server
+        finally:
+            server.stop(0.5)
 
 
 def target_of(server: RunningServer) -> str:
@@ -172,7 +175,11 @@ def _env() -> dict[str, str]:
 
 @contextlib.contextmanager
 def server_process(args: Sequence[str], *, timeout: float = 120.0) -> Iterator[ServerProcess]:
-    """Run ``labelwatch serve ARGS --port 0`` and wait for its 'listening on' line."""
+    """Run ``labelwatch serve ARGS --port 0`` and wait for its 'listening on' line.
+
+    The outbox goes to a fresh temporary data dir unless ``args`` name another.
+    """
+    data_dir = tempfile.mkdtemp(prefix="labelwatch-test-")
     cmd = [
         sys.executable,
         "-m",
@@ -182,6 +189,8 @@ def server_process(args: Sequence[str], *, timeout: float = 120.0) -> Iterator[S
         "0",
         "--metrics-port",
         "0",
+        "--data-dir",
+        data_dir,
         *args,
     ]
     proc = subprocess.Popen(
@@ -211,3 +220,4 @@ def server_process(args: Sequence[str], *, timeout: float = 120.0) -> Iterator[S
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -6,6 +6,7 @@ import math
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -378,7 +379,7 @@ def test_sigterm_drains_an_in_flight_stream(artifact_path: Path) -> None:
             proc.process.send_signal(signal.SIGTERM)
             # health turns NOT_SERVING (or new calls are refused) while the stream drains
             health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 60
             serving = True
             while serving and time.monotonic() < deadline:
                 try:
@@ -397,23 +398,26 @@ def test_sigterm_drains_an_in_flight_stream(artifact_path: Path) -> None:
 
 
 def _serve_and_fail(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "labelwatch.cli",
-            "serve",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_env(),
-    )
+    with tempfile.TemporaryDirectory(prefix="labelwatch-test-") as data_dir:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "labelwatch.cli",
+                "serve",
+                "--port",
+                "0",
+                "--metrics-port",
+                "0",
+                "--data-dir",
+                data_dir,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env(),
+        )
 
 
 def test_mismatched_model_and_artifact_refuse_to_start(tmp_path: Path) -> None:

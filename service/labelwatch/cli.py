@@ -19,6 +19,8 @@ _SERVER_COMMANDS: dict[str, str] = {
     "calibrate": "labelwatch.commands.calibrate",
     "audit": "labelwatch.commands.audit",
     "demo": "labelwatch.commands.demo",
+    "token": "labelwatch.commands.token",
+    "flags": "labelwatch.commands.flags",
 }
 _CLIENT_COMMANDS: dict[str, str] = {
     "score": "labelwatch_client.cli",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from labelwatch.scoring import FilterBy
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("kv", "json")
+OUTBOX_SYNC_MODES = ("full", "normal")
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,164 @@ class Settings:
             "(saves CPU when workers share cores)."
         },
     )
+    # -- flag delivery (docs/delivery.md) --
+    data_dir: Path = field(
+        default=Path("labelwatch-data"),
+        metadata={"help": "directory for labelwatch's state (the flag outbox, unless --outbox)."},
+    )
+    outbox: Path | None = field(
+        default=None,
+        metadata={
+            "help": "flag outbox, an SQLite file (default DATA_DIR/outbox.sqlite3). Every flag is "
+            "stored here before the response reporting it is sent; if it cannot be written, "
+            "scoring answers UNAVAILABLE and health says NOT_SERVING."
+        },
+    )
+    outbox_retention_days: float = field(
+        default=7.0, metadata={"help": "days a flag is kept in the outbox; 0 = no age limit."}
+    )
+    outbox_max_mb: float = field(
+        default=512.0,
+        metadata={"help": "MiB of flags the outbox keeps; the oldest go first; 0 = no limit."},
+    )
+    outbox_sync: str = field(
+        default="full",
+        metadata={
+            "help": "SQLite synchronous mode: full (a stored batch survives power loss) or "
+            "normal (survives a process crash; faster).",
+            "choices": OUTBOX_SYNC_MODES,
+        },
+    )
+    watch_ack_timeout_seconds: float = field(
+        default=30.0,
+        metadata={"help": "seconds a WatchFlags consumer has to ack a flag before it is resent."},
+    )
+    sink_max_attempts: int = field(
+        default=10,
+        metadata={
+            "help": "attempts per flag when a sink answers with an error, before the flag is "
+            "dead-lettered (an unreachable sink is retried without limit)."
+        },
+    )
+    sink_retry_initial_seconds: float = field(
+        default=0.5, metadata={"help": "first retry delay, in seconds; doubles per attempt."}
+    )
+    sink_retry_max_seconds: float = field(
+        default=60.0, metadata={"help": "longest retry delay, in seconds (jitter included)."}
+    )
+    webhook_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "POST flags as signed JSON batches to this URL (off when unset).",
+            "mask": "url",
+        },
+    )
+    webhook_secret_env: str = field(
+        default="LABELWATCH_WEBHOOK_SECRET",
+        metadata={"help": "name of the environment variable holding the webhook HMAC key."},
+    )
+    webhook_secret_file: Path | None = field(
+        default=None,
+        metadata={"help": "file holding the webhook HMAC key (instead of the variable)."},
+    )
+    webhook_timeout_seconds: float = field(
+        default=10.0, metadata={"help": "seconds one webhook request may take."}
+    )
+    nats_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "publish flags to NATS JetStream at this URL, e.g. nats://127.0.0.1:4222 "
+            "(off when unset).",
+            "mask": "url",
+        },
+    )
+    nats_subject: str = field(
+        default="labelwatch.flags", metadata={"help": "NATS subject each flag is published on."}
+    )
+    nats_stream: str = field(
+        default="LABELWATCH_FLAGS",
+        metadata={"help": "JetStream stream for the subject (created if missing)."},
+    )
+    nats_duplicate_window_seconds: float = field(
+        default=600.0,
+        metadata={"help": "duplicate window of a stream labelwatch creates, in seconds."},
+    )
+    label_studio_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "import flags as review tasks into Label Studio at this URL, e.g. "
+            "http://127.0.0.1:8080 (off when unset).",
+            "mask": "url",
+        },
+    )
+    label_studio_token_env: str = field(
+        default="LABEL_STUDIO_API_KEY",
+        metadata={"help": "name of the environment variable holding the Label Studio token."},
+    )
+    label_studio_token_file: Path | None = field(
+        default=None,
+        metadata={"help": "file holding the Label Studio token (instead of the variable)."},
+    )
+    label_studio_project: str = field(
+        default="labelwatch flags",
+        metadata={"help": "title of the Label Studio project (created if missing)."},
+    )
+    # -- security and limits (docs/security.md) --
+    tls_cert: Path | None = field(
+        default=None,
+        metadata={
+            "help": "PEM server certificate chain; with --tls-key the port speaks TLS only "
+            "(default: plaintext, fine on loopback only)."
+        },
+    )
+    tls_key: Path | None = field(
+        default=None,
+        metadata={"help": "PEM private key of --tls-cert (unencrypted; keep it mode 600)."},
+    )
+    tls_client_ca: Path | None = field(
+        default=None,
+        metadata={
+            "help": "PEM CA certificate(s): require every client to present a certificate "
+            "signed by one of them (mutual TLS)."
+        },
+    )
+    auth_tokens: Path | None = field(
+        default=None,
+        metadata={
+            "help": "token file (JSON lines of sha256 hashes and roles, made by `labelwatch "
+            "token create`): every call except health and reflection then needs "
+            "'authorization: Bearer <token>' with the method's role (default: no auth)."
+        },
+    )
+    max_inflight: int = field(
+        default=4096,
+        metadata={
+            "help": "most examples admitted and not yet answered, over all calls; past it a "
+            "request gets RESOURCE_EXHAUSTED at once. At least --max-batch."
+        },
+    )
+    max_queued_calls: int = field(
+        default=32,
+        metadata={
+            "help": "calls that may wait for a free handler thread (beyond --threads "
+            "running); past it gRPC answers RESOURCE_EXHAUSTED at once."
+        },
+    )
+    max_streams: int = field(
+        default=4,
+        metadata={
+            "help": "most streaming calls open at once (each holds a handler thread; keep "
+            "below --threads); past it RESOURCE_EXHAUSTED."
+        },
+    )
+    max_labels_per_example: int = field(
+        default=1024,
+        metadata={"help": "most tags (labels + label_indices) on one example."},
+    )
+    max_text_bytes: int = field(
+        default=64 * 1024,
+        metadata={"help": "most UTF-8 bytes of one example's text."},
+    )
     log_level: str = field(default="info", metadata={"help": "log level.", "choices": LOG_LEVELS})
     log_format: str = field(
         default="kv",
@@ -108,7 +268,30 @@ class Settings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             out[f.name] = value.value if isinstance(value, FilterBy) else str(value)
+            if f.metadata.get("mask") == "url" and isinstance(value, str):
+                out[f.name] = mask_url(value)
         return out
+
+    @property
+    def outbox_path(self) -> Path:
+        """The outbox file: ``--outbox``, else ``DATA_DIR/outbox.sqlite3``."""
+        return self.outbox if self.outbox is not None else self.data_dir / "outbox.sqlite3"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password and query string replaced by ``***`` (for logs).
+
+    >>> mask_url("nats://user:secret@127.0.0.1:4222")
+    'nats://user:***@127.0.0.1:4222'
+    >>> mask_url("https://hooks.example/x?token=abc")
+    'https://hooks.example/x?***'
+    """
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(":" + parts.password + "@", ":***@", 1)
+    query = "***" if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _env_name(name: str) -> str:

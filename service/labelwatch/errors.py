@@ -17,6 +17,7 @@ class ErrorCode(enum.Enum):
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
@@ -57,6 +58,18 @@ class Overloaded(PublicError):
 
 class ServerStopping(PublicError):
     """The server is draining and takes no new work; retry on another replica."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
+class DeadlineExpired(PublicError):
+    """The caller's deadline passed before the request was scored; it was dropped unscored."""
+
+    code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class OutboxUnavailable(PublicError):
+    """The flag outbox cannot be written: answering would lose the flags."""
 
     code = ErrorCode.UNAVAILABLE
 

@@ -10,9 +10,11 @@ from numpy.typing import NDArray
 
 from labelwatch.calibration import CalibrationArtifact
 from labelwatch.domain import InputKind, LabeledExample, ModelSpec, ScoredBatch
-from labelwatch.errors import ModelFailure, StartupError
+from labelwatch.errors import ModelFailure, OutboxUnavailable, StartupError
+from labelwatch.flag import flags_from_batch
 from labelwatch.metrics import Metrics
 from labelwatch.model import OnnxModel
+from labelwatch.outbox import Outbox, OutboxError
 from labelwatch.scoring import FilterBy, decide
 
 
@@ -45,7 +47,12 @@ def check_model_matches_artifact(model: OnnxModel, artifact: CalibrationArtifact
 
 
 class Pipeline:
-    """Scores batches of :class:`LabeledExample` against one model and artifact."""
+    """Scores batches of :class:`LabeledExample` against one model and artifact.
+
+    With an ``outbox``, :meth:`score` stores the batch's flags there (one
+    transaction) before it returns, and raises :class:`OutboxUnavailable`
+    instead of returning results whose flags were not recorded.
+    """
 
     def __init__(
         self,
@@ -55,6 +62,7 @@ class Pipeline:
         filter_by: FilterBy,
         model_version: str,
         metrics: Metrics,
+        outbox: Outbox | None = None,
     ) -> None:
         if model is not None:
             check_model_matches_artifact(model, artifact)
@@ -63,6 +71,7 @@ class Pipeline:
         self.filter_by = filter_by
         self.model_version = model_version
         self.metrics = metrics
+        self.outbox = outbox
         self.spec = ModelSpec(
             input_kind=model.input_kind if model else InputKind.PROBABILITIES_ONLY,
             feature_dim=model.feature_dim if model else None,
@@ -114,5 +123,21 @@ class Pipeline:
             t1=self.artifact.fit.thresholds.t1,
             model_version=self.model_version,
         )
+        if self.outbox is not None:
+            self._record_flags(batch)
         self.metrics.record_batch(batch, self.artifact.class_names)
         return batch
+
+    def _record_flags(self, batch: ScoredBatch) -> None:
+        """Store the batch's flags in the outbox; raise :class:`OutboxUnavailable` if not."""
+        assert self.outbox is not None
+        flags = flags_from_batch(batch, self.spec.class_names)
+        if not flags:
+            return
+        try:
+            self.outbox.write(flags)
+        except OutboxError as exc:
+            raise OutboxUnavailable(
+                "the server cannot record flags right now (its flag outbox is not writable), "
+                "so it returns no scores; retry later or on another replica"
+            ) from exc

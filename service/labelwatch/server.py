@@ -21,13 +21,18 @@ from labelwatch import __version__, default_model
 from labelwatch.batcher import Batcher
 from labelwatch.calibration import CalibrationArtifact, load_artifact
 from labelwatch.config import Settings
+from labelwatch.delivery import Delivery
 from labelwatch.domain import InputKind
 from labelwatch.errors import StartupError
+from labelwatch.grpc.flags_servicer import FLAG_FEED_SERVICE_NAME, FlagFeedServicer
 from labelwatch.grpc.interceptor import MetricsInterceptor
 from labelwatch.grpc.servicer import LabelQualityServicer
 from labelwatch.metrics import Metrics
 from labelwatch.model import OnnxModel, SessionSettings, file_sha256
+from labelwatch.outbox import Outbox
 from labelwatch.pipeline import Pipeline
+from labelwatch.security.layer import SecurityLayer, build_security
+from labelwatch_proto.labelwatch.v1 import flags_pb2_grpc
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
 
@@ -54,8 +59,13 @@ def with_default_model(settings: Settings) -> Settings:
     )
 
 
-def load_pipeline(settings: Settings, metrics: Metrics) -> Pipeline:
-    """Load the model and artifact named by ``settings`` and check they belong together."""
+def load_pipeline(
+    settings: Settings, metrics: Metrics, *, outbox: Outbox | None = None
+) -> Pipeline:
+    """Load the model and artifact named by ``settings`` and check they belong together.
+
+    With ``outbox``, the pipeline records every flag there before returning.
+    """
     settings = with_default_model(settings)
     if settings.thresholds is None:
         raise StartupError(
@@ -97,6 +107,7 @@ def load_pipeline(settings: Settings, metrics: Metrics) -> Pipeline:
         filter_by=settings.filter_by,
         model_version=version,
         metrics=metrics,
+        outbox=outbox,
     )
 
 
@@ -150,13 +161,19 @@ class RunningServer:
     metrics: Metrics
     metrics_port: int | None = None
     metrics_httpd: WSGIServer | None = None
+    security: SecurityLayer | None = None
+    delivery: Delivery | None = None
     stopped: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace_seconds: float) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight ones finish within the grace."""
         self.health.enter_graceful_shutdown()
+        if self.delivery is not None:
+            self.delivery.feed.close()  # WatchFlags streams end now rather than at the grace
         self.server.stop(grace_seconds).wait()
         self.batcher.close()
+        if self.delivery is not None:
+            self.delivery.stop()
         if self.metrics_httpd is not None:
             self.metrics_httpd.shutdown()
             self.metrics_httpd.server_close()
@@ -173,7 +190,9 @@ def start(
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry)
-    pipeline = load_pipeline(settings, metrics)
+    security = build_security(settings, registry)  # bad certs/tokens/limits fail before loading
+    delivery = Delivery(settings, registry=registry)
+    pipeline = load_pipeline(settings, metrics, outbox=delivery.outbox)
     metrics.build_info.labels(__version__).set(1)
     info = model_info(pipeline)
     metrics.model_info.labels(info.name, info.version, info.sha256).set(1)
@@ -189,24 +208,33 @@ def start(
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="grpc"),
-        interceptors=[MetricsInterceptor(metrics)],
+        # metrics outermost: calls refused by the security interceptors are still counted
+        interceptors=[MetricsInterceptor(metrics), *security.interceptors],
         options=options,
+        maximum_concurrent_rpcs=security.max_concurrent_rpcs,
     )
     batcher = Batcher(
         pipeline, max_batch=settings.max_batch, window_seconds=settings.batch_window_ms / 1000.0
     )
     servicer = LabelQualityServicer(
-        pipeline.spec, batcher.score, info, max_batch=settings.max_batch
+        pipeline.spec,
+        batcher.score,
+        info,
+        max_batch=settings.max_batch,
+        admission=security.admission,
+        limits=security.limits,
     )
     pb_grpc.add_LabelQualityServicer_to_server(servicer, server)
+    flags_pb2_grpc.add_FlagFeedServicer_to_server(FlagFeedServicer(delivery.feed), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, FLAG_FEED_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server,
     )
     address = f"{settings.host}:{settings.port}"
     try:
-        port = server.add_insecure_port(address)
+        port = security.bind(server, address)
     except RuntimeError as exc:
         raise StartupError(f"cannot bind {address}: {exc}") from exc
     if port == 0:
@@ -223,9 +251,19 @@ def start(
                 f"cannot bind metrics port {settings.host}:{settings.metrics_port}: {exc}"
             ) from exc
         metrics_port = settings.metrics_port
+    delivery.start(pipeline.spec.class_names)  # sink config errors stop start-up here
     server.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set(FLAG_FEED_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+
+    def _outbox_health(writable: bool) -> None:
+        # scoring without recording flags would lose them: NOT_SERVING until writable again
+        serving = health_pb2.HealthCheckResponse.SERVING
+        status = serving if writable else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, status)
+
+    delivery.outbox.add_writable_listener(_outbox_health)
+    _outbox_health(delivery.outbox.writable)
     return RunningServer(
         server=server,
         port=port,
@@ -235,6 +273,8 @@ def start(
         metrics=metrics,
         metrics_port=metrics_port,
         metrics_httpd=metrics_httpd,
+        security=security,
+        delivery=delivery,
     )
 
 

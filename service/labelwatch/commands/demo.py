@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -129,14 +130,17 @@ def _server(target: str | None) -> Iterator[str]:
     from labelwatch.config import Settings
     from labelwatch.server import start, with_default_model
 
-    settings = with_default_model(Settings(port=0, metrics_port=0))
-    if settings.model is None:
-        raise SystemExit("labelwatch demo: the embedded default model is not installed")
-    running = start(settings)
-    try:
-        yield f"127.0.0.1:{running.port}"
-    finally:
-        running.stop(2.0)
+    with tempfile.TemporaryDirectory(prefix="labelwatch-demo-") as data_dir:
+        # the demo's flags are throwaway: keep them out of the user's outbox
+        base = Settings(port=0, metrics_port=0, data_dir=Path(data_dir))
+        settings = with_default_model(base)
+        if settings.model is None:
+            raise SystemExit("labelwatch demo: the embedded default model is not installed")
+        running = start(settings)
+        try:
+            yield f"127.0.0.1:{running.port}"
+        finally:
+            running.stop(2.0)
 
 
 def _batches(examples: Sequence[NoisyExample], size: int) -> Iterator[list[NoisyExample]]:

@@ -8,9 +8,11 @@ import numpy as np
 
 from labelwatch.domain import InputKind, LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import InvalidExample, TooManyExamples, WrongInputKind
+from labelwatch.security.limits import ExampleLimits
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 
 _INPUT_FIELD = {InputKind.TEXT: "text", InputKind.FEATURES: "features"}
+DEFAULT_LIMITS = ExampleLimits()
 
 
 def _where(ex: pb.Example, position: int) -> str:
@@ -43,14 +45,33 @@ def _labels(
     return vec
 
 
+def _check_limits(ex: pb.Example, where: str, which: str | None, limits: ExampleLimits) -> None:
+    problem = limits.label_problem(len(ex.labels), len(ex.label_indices))
+    if problem is not None:
+        if ex.labels and ex.label_indices:
+            fields = "fields 'labels' and 'label_indices'"
+        else:
+            fields = "field 'labels'" if ex.labels else "field 'label_indices'"
+        raise InvalidExample(f"{where}: {fields}: {problem}")
+    if which == "text":
+        problem = limits.text_problem(ex.text)
+        if problem is not None:
+            raise InvalidExample(f"{where}: field 'text': {problem}")
+
+
 def example_from_proto(
-    ex: pb.Example, position: int, spec: ModelSpec, class_index: Mapping[str, int]
+    ex: pb.Example,
+    position: int,
+    spec: ModelSpec,
+    class_index: Mapping[str, int],
+    limits: ExampleLimits = DEFAULT_LIMITS,
 ) -> LabeledExample:
     """Validate one proto example against ``spec``; raise a :class:`PublicError` if bad."""
     where = _where(ex, position)
     if not ex.id:
         raise InvalidExample(f"{where}: field 'id': must be a non-empty string")
     which = ex.WhichOneof("input")
+    _check_limits(ex, where, which, limits)
     labels = _labels(ex, where, spec, class_index)
     common = {
         "id": ex.id,
@@ -98,20 +119,30 @@ def example_from_proto(
     return LabeledExample(features=feats, **common)  # type: ignore[arg-type]
 
 
-def examples_from_request(
-    request: pb.ScoreRequest, spec: ModelSpec, class_index: Mapping[str, int], max_batch: int
-) -> list[LabeledExample]:
-    """Validate every example of a request; ids must be unique within it."""
+def check_request_size(request: pb.ScoreRequest, max_batch: int) -> int:
+    """The number of examples in ``request``; :class:`TooManyExamples` past ``max_batch``."""
     n = len(request.examples)
     if n > max_batch:
         raise TooManyExamples(
             f"request has {n} examples; at most {max_batch} are allowed per request "
             "(--max-batch); split it or use ScoreStream"
         )
+    return n
+
+
+def examples_from_request(
+    request: pb.ScoreRequest,
+    spec: ModelSpec,
+    class_index: Mapping[str, int],
+    max_batch: int,
+    limits: ExampleLimits = DEFAULT_LIMITS,
+) -> list[LabeledExample]:
+    """Validate every example of a request; ids must be unique within it."""
+    check_request_size(request, max_batch)
     seen: set[str] = set()
     out: list[LabeledExample] = []
     for position, ex in enumerate(request.examples):
-        converted = example_from_proto(ex, position, spec, class_index)
+        converted = example_from_proto(ex, position, spec, class_index, limits)
         if converted.id in seen:
             raise InvalidExample(f"example {ex.id!r}: field 'id': duplicate id within the request")
         seen.add(converted.id)

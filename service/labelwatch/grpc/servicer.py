@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -11,8 +12,15 @@ import grpc
 
 from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import PublicError
-from labelwatch.grpc.converters import examples_from_request, response_from_batch
+from labelwatch.grpc.converters import (
+    DEFAULT_LIMITS,
+    check_request_size,
+    examples_from_request,
+    response_from_batch,
+)
 from labelwatch.grpc.status import STATUS_OF
+from labelwatch.security.admission import Admission
+from labelwatch.security.limits import ExampleLimits
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
 
@@ -42,21 +50,42 @@ class LabelQualityServicer(pb_grpc.LabelQualityServicer):
     """Thin servicer: validate, hand to the batcher, build the response."""
 
     def __init__(
-        self, spec: ModelSpec, score: ScoreFn, model_info: pb.ModelInfo, *, max_batch: int
+        self,
+        spec: ModelSpec,
+        score: ScoreFn,
+        model_info: pb.ModelInfo,
+        *,
+        max_batch: int,
+        admission: Admission | None = None,
+        limits: ExampleLimits = DEFAULT_LIMITS,
     ) -> None:
         self._spec = spec
         self._score_examples = score
         self._model_info = model_info
         self._max_batch = max_batch
+        self._admission = admission
+        self._limits = limits
         self._class_index = {name: i for i, name in enumerate(spec.class_names)}
 
-    def _score(self, request: pb.ScoreRequest) -> pb.ScoreResponse:
-        examples = examples_from_request(request, self._spec, self._class_index, self._max_batch)
-        batch = self._score_examples(examples)
-        return response_from_batch(batch, self._spec.class_names, request.include_probabilities)
+    def _score(
+        self, request: pb.ScoreRequest, context: grpc.ServicerContext, method: str
+    ) -> pb.ScoreResponse:
+        n = check_request_size(request, self._max_batch)
+        admission = self._admission
+        if admission is not None:
+            admission.check_deadline(context, method)
+        # admit before converting: at overload, shed requests cost no conversion work
+        with admission.admit(n) if admission is not None else contextlib.nullcontext():
+            examples = examples_from_request(
+                request, self._spec, self._class_index, self._max_batch, self._limits
+            )
+            if admission is not None:
+                admission.check_deadline(context, method)
+            batch = self._score_examples(examples)
+            return response_from_batch(batch, self._spec.class_names, request.include_probabilities)
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
-        return _guard(context, "Score", lambda: self._score(request))
+        return _guard(context, "Score", lambda: self._score(request, context, "Score"))
 
     def ScoreStream(
         self, request_iterator: Iterator[pb.ScoreRequest], context: grpc.ServicerContext
@@ -64,7 +93,11 @@ class LabelQualityServicer(pb_grpc.LabelQualityServicer):
         # gRPC flow control bounds memory: we pull the next request only after
         # the previous response was handed to the transport.
         for request in request_iterator:
-            yield _guard(context, "ScoreStream", functools.partial(self._score, request))
+            yield _guard(
+                context,
+                "ScoreStream",
+                functools.partial(self._score, request, context, "ScoreStream"),
+            )
 
     def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext

@@ -1,0 +1,267 @@
+"""The delivery guarantees, with real processes: server, nats-server, Label Studio, webhook.
+
+* kill -9 in the middle of a 10,000-example ScoreStream loses no flag the client
+  saw; after a restart each sink gets each flag, and Label Studio and JetStream
+  hold no duplicates; the outbox passes ``PRAGMA integrity_check``.
+* A sink that is down does not slow scoring; its backlog grows and drains in
+  order when it is back.
+* A watch consumer that disconnects without acking gets the same flags again
+  (also across a server restart); one that acked does not.
+* An unwritable outbox (bad path, or a full disk) makes the server report
+  NOT_SERVING and answer UNAVAILABLE rather than answer without recording flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from labelwatch.flag import dedupe_key
+from labelwatch.outbox import Outbox
+from labelwatch_proto.labelwatch.v1 import flags_pb2 as fpb
+from labelwatch_proto.labelwatch.v1 import flags_pb2_grpc as fpb_grpc
+from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
+from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
+from support_delivery import (
+    channel,
+    clean_example,
+    delivery_server,
+    flagged_example,
+    label_studio,
+    nats_server,
+    stream_messages,
+    wait_until,
+    webhook_receiver,
+)
+from support_server import write_artifact
+
+STREAM, SUBJECT = "LABELWATCH_FLAGS", "labelwatch.flags"
+N_EXAMPLES, PER_REQUEST = 10_000, 50
+FAST_RETRY = ["--sink-retry-initial-seconds", "0.05", "--sink-retry-max-seconds", "0.5"]
+
+
+def example(i: int) -> pb.Example:
+    """Every 20th example is flagged; the rest are clean."""
+    return flagged_example(i) if i % 20 == 0 else clean_example(i)
+
+
+def flag_ids_of(request: pb.ScoreRequest, response: pb.ScoreResponse) -> list[str]:
+    return [
+        dedupe_key(ex.id, result.model_version, list(ex.labels))
+        for ex, result in zip(request.examples, response.results, strict=True)
+        if result.is_issue
+    ]
+
+
+def health_status(target: str) -> int:
+    with grpc.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        status: int = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+        return status
+
+
+def test_kill_9_mid_stream_loses_no_flag_and_sinks_hold_no_duplicates(tmp_path: Path) -> None:
+    ls = label_studio()
+    title = f"labelwatch kill-9 {uuid.uuid4().hex[:8]}"
+    (tmp_path / "ls-token").write_text(ls.token)
+    (tmp_path / "hook-secret").write_text("kill9-secret")
+    artifact = write_artifact(tmp_path / "thresholds.json")
+    outbox_path = tmp_path / "outbox.sqlite3"
+    with nats_server(tmp_path / "js") as nats, webhook_receiver() as hook:
+        args = [
+            "--thresholds", str(artifact),
+            "--outbox", str(outbox_path),
+            "--nats-url", nats.url,
+            "--label-studio-url", ls.url,
+            "--label-studio-token-file", str(tmp_path / "ls-token"),
+            "--label-studio-project", title,
+            "--webhook-url", hook.url,
+            "--webhook-secret-file", str(tmp_path / "hook-secret"),
+            *FAST_RETRY,
+        ]  # fmt: skip
+        requests = [
+            pb.ScoreRequest(examples=[example(i) for i in range(s, s + PER_REQUEST)])
+            for s in range(0, N_EXAMPLES, PER_REQUEST)
+        ]
+        seen: list[str] = []
+        answered = 0
+        with delivery_server(args, log_dir=tmp_path) as first:
+            stub = pb_grpc.LabelQualityStub(channel(first.target))
+            responses = stub.ScoreStream(iter(requests))
+            with pytest.raises(grpc.RpcError):
+                for request, response in zip(requests, responses, strict=False):
+                    seen += flag_ids_of(request, response)
+                    answered += 1
+                    if answered == len(requests) // 2:
+                        first.kill9()
+        assert len(requests) // 2 <= answered < len(requests)
+        assert len(seen) >= 200
+
+        box = Outbox(outbox_path, create=False)
+        assert box.integrity_check() == "ok"
+        missing = [fid for fid in seen if box.get(fid) is None]
+        assert missing == [], f"{len(missing)} flags the client saw are not in the outbox"
+        stored = [f.flag_id for f in box.flags(limit=100_000)]
+
+        with delivery_server(args, log_dir=tmp_path) as second:
+
+            def drained() -> bool:
+                return all(
+                    box.backlog("sink", s).pending == 0 for s in ("label_studio", "nats", "webhook")
+                )
+
+            wait_until(drained, 180, "every sink to catch up after the restart", interval=0.5)
+            second.kill9()
+
+        nats_ids = [m for m, _ in asyncio.run(stream_messages(nats.url, STREAM, SUBJECT))]
+        assert sorted(nats_ids) == sorted(set(nats_ids)), "duplicate messages in JetStream"
+        assert set(nats_ids) == set(stored)
+        hook_ids = hook.flag_ids()
+        assert set(hook_ids) == set(stored)  # at least once; receivers dedupe on flag_id
+    project = ls.project(title)
+    assert project is not None
+    ls_ids = [t["data"]["labelwatch_flag_id"] for t in ls.tasks(int(project["id"]))]
+    assert len(ls_ids) == len(set(ls_ids)), "duplicate tasks in Label Studio"
+    assert set(ls_ids) == set(stored)
+    assert set(seen) <= set(stored)
+    assert box.integrity_check() == "ok"
+    box.close()
+
+
+def test_a_down_sink_does_not_slow_scoring_and_drains_in_order(tmp_path: Path) -> None:
+    artifact = write_artifact(tmp_path / "thresholds.json")
+    outbox_path = tmp_path / "outbox.sqlite3"
+    with nats_server(tmp_path / "js") as nats:
+        args = ["--thresholds", str(artifact), "--outbox", str(outbox_path)]
+        args += ["--nats-url", nats.url, *FAST_RETRY]
+        with delivery_server(args, log_dir=tmp_path) as server:
+            stub = pb_grpc.LabelQualityStub(channel(server.target))
+            box = Outbox(outbox_path, create=False)
+
+            def timed_batches(start: int, n: int) -> list[float]:
+                out = []
+                for b in range(start, start + n):
+                    request = pb.ScoreRequest(
+                        examples=[flagged_example(b * 10 + i) for i in range(10)]
+                    )
+                    began = time.perf_counter()
+                    stub.Score(request, timeout=10)
+                    out.append(time.perf_counter() - began)
+                return out
+
+            up = timed_batches(0, 30)
+            wait_until(lambda: box.backlog("sink", "nats").pending == 0, 20, "delivery while up")
+            nats.stop()
+            down = timed_batches(30, 30)
+            assert box.backlog("sink", "nats").pending == 300
+            assert statistics.median(down) < 3 * statistics.median(up) + 0.02, (up, down)
+            assert max(down) < 1.0
+            time.sleep(1.0)  # the worker retries meanwhile; scoring stays unaffected
+            assert box.backlog("sink", "nats").pending == 300
+            nats.start()
+            wait_until(lambda: box.backlog("sink", "nats").pending == 0, 60, "the backlog drain")
+        got = asyncio.run(stream_messages(nats.url, STREAM, SUBJECT))
+    stored = box.flags(limit=10_000)
+    assert [m for m, _ in got] == [f.flag_id for f in stored]
+    positions = [int(str(body["position"])) for _, body in got]
+    assert positions == sorted(positions) and len(positions) == 600
+    box.close()
+
+
+def _watch(target: str, consumer: str, n: int) -> list[fpb.Flag]:
+    with grpc.insecure_channel(target) as ch:
+        call = fpb_grpc.FlagFeedStub(ch).WatchFlags(
+            fpb.WatchFlagsRequest(consumer=consumer), timeout=5
+        )
+        out: list[fpb.Flag] = []
+        try:
+            for flag in call:
+                out.append(flag)
+                if len(out) == n:
+                    break
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        call.cancel()
+        return out
+
+
+def test_watch_consumer_without_ack_gets_flags_again_across_a_restart(tmp_path: Path) -> None:
+    artifact = write_artifact(tmp_path / "thresholds.json")
+    args = ["--thresholds", str(artifact), "--outbox", str(tmp_path / "outbox.sqlite3")]
+    with delivery_server(args, log_dir=tmp_path) as server:
+        stub = pb_grpc.LabelQualityStub(channel(server.target))
+        stub.Score(pb.ScoreRequest(examples=[flagged_example(i) for i in range(6)]))
+        lazy = [f.flag_id for f in _watch(server.target, "lazy", 6)]
+        eager = _watch(server.target, "eager", 6)
+        with grpc.insecure_channel(server.target) as ch:
+            fpb_grpc.FlagFeedStub(ch).AckFlags(
+                fpb.AckFlagsRequest(consumer="eager", up_to=eager[-1].position)
+            )
+        assert [f.flag_id for f in _watch(server.target, "lazy", 6)] == lazy
+        server.kill9()
+    with delivery_server(args, log_dir=tmp_path) as server:
+        assert [f.flag_id for f in _watch(server.target, "lazy", 6)] == lazy
+        stub = pb_grpc.LabelQualityStub(channel(server.target))
+        stub.Score(pb.ScoreRequest(examples=[flagged_example(100)]))
+        (only_new,) = _watch(server.target, "eager", 1)
+        assert only_new.example_id == "flagged-100"
+
+
+def test_an_unwritable_outbox_path_means_not_serving_and_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    args = ["--thresholds", str(write_artifact(tmp_path / "t.json"))]
+    args += ["--outbox", str(blocker / "outbox.sqlite3")]
+    with delivery_server(args, log_dir=tmp_path) as server:
+        assert health_status(server.target) == health_pb2.HealthCheckResponse.NOT_SERVING
+        stub = pb_grpc.LabelQualityStub(channel(server.target))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Score(pb.ScoreRequest(examples=[flagged_example(0)]), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "cannot record flags" in (err.value.details() or "")
+        assert "event=outbox_unavailable_at_start" in server.log()
+        # fixed while running: the server notices within seconds and serves again
+        blocker.unlink()
+        wait_until(
+            lambda: health_status(server.target) == health_pb2.HealthCheckResponse.SERVING,
+            10,
+            "SERVING once the outbox path works",
+        )
+        assert stub.Score(pb.ScoreRequest(examples=[flagged_example(0)]), timeout=10).results
+
+
+def test_a_full_disk_means_unavailable_and_no_answer_without_its_flags(tmp_path: Path) -> None:
+    outbox_path = tmp_path / "outbox.sqlite3"
+    args = ["--thresholds", str(write_artifact(tmp_path / "t.json"))]
+    args += ["--outbox", str(outbox_path)]
+    # every file the server writes is capped at 384 KiB: like a disk that fills up
+    with delivery_server(args, log_dir=tmp_path, file_size_limit=384 * 1024) as server:
+        stub = pb_grpc.LabelQualityStub(channel(server.target))
+        answered: list[str] = []
+        refused = None
+        for b in range(200):
+            request = pb.ScoreRequest(examples=[flagged_example(b * 20 + i) for i in range(20)])
+            try:
+                answered += flag_ids_of(request, stub.Score(request, timeout=10))
+            except grpc.RpcError as exc:
+                refused = exc
+                break
+        assert refused is not None, "the outbox never filled up"
+        assert refused.code() == grpc.StatusCode.UNAVAILABLE
+        assert health_status(server.target) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert len(answered) > 0
+        with pytest.raises(grpc.RpcError) as again:
+            stub.Score(pb.ScoreRequest(examples=[flagged_example(99_999)]), timeout=10)
+        assert again.value.code() == grpc.StatusCode.UNAVAILABLE
+        server.kill9()
+    box = Outbox(outbox_path, create=False)
+    assert box.integrity_check() == "ok"
+    assert [fid for fid in answered if box.get(fid) is None] == []
+    box.close()
