@@ -40,3 +40,10 @@ def test_demo_streams_the_test_split_and_reports(
     assert {"id", "label_quality", "is_issue", "issues"} <= set(first)
     printed = capsys.readouterr().out
     assert "150 packages" in printed and "precision" in printed and "recall" in printed
+    # the printed audit command works on the saved probabilities and noisy tags
+    npz = out.with_suffix(".npz")
+    audit_out = tmp_path / "audit.jsonl"
+    html = tmp_path / "report.html"
+    assert main(["audit", "--data", str(npz), "--out", str(audit_out), "--html", str(html)]) == 0
+    assert len(audit_out.read_text().splitlines()) == 150
+    assert "<svg" in html.read_text()

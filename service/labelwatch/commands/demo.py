@@ -177,9 +177,11 @@ def run(args: argparse.Namespace) -> int:
             [Example(id=e.id, text=e.text, labels=list(e.labels)) for e in batch]
             for batch in batches
         )
+        probs: list[tuple[float, ...]] = []
+        stream = client.score_stream(requests, include_probabilities=True)
         try:
             with args.out.open("w", encoding="utf-8") as out:
-                for batch, results in zip(batches, client.score_stream(requests), strict=True):
+                for batch, results in zip(batches, stream, strict=True):
                     for example, result in zip(batch, results, strict=True):
                         tally.seen += 1
                         hits = {(i.label, i.kind.value) for i in result.issues}
@@ -188,7 +190,10 @@ def run(args: argparse.Namespace) -> int:
                         if result.is_issue:
                             tally.flagged_examples += 1
                             latest = [_describe(example, result.issues), *latest][:5]
-                        out.write(json.dumps(result.to_json()) + "\n")
+                        probs.append(result.probabilities or ())
+                        record = result.to_json()
+                        record.pop("probabilities", None)
+                        out.write(json.dumps(record) + "\n")
                     _show(tally, started, latest, live)
         except LabelwatchError as exc:
             print(f"\nlabelwatch demo: error: {exc}", file=sys.stderr)
@@ -200,11 +205,34 @@ def run(args: argparse.Namespace) -> int:
         f"recall {tally.recall:.2f} against the injected flips"
     )
     print(f"results: {args.out} (one JSON line per package, lowest label_quality = worst)")
+    npz = args.out.with_suffix(".npz")
+    _save_npz(npz, examples, probs, class_names)
     print(
-        "audit a labeled dataset with an HTML report: labelwatch audit --data DATA.npz "
-        "--out report.jsonl --html report.html"
+        f"the model's probabilities and the noisy tags are in {npz}; for the HTML audit report:\n"
+        f"  labelwatch audit --data {npz} --out {args.out.with_suffix('.audit.jsonl')} "
+        f"--html {args.out.with_suffix('.html')}"
     )
     return 0
+
+
+def _save_npz(
+    path: Path,
+    examples: Sequence[NoisyExample],
+    probs: Sequence[Sequence[float]],
+    class_names: Sequence[str],
+) -> None:
+    """Write what ``labelwatch audit`` reads: pred_probs, labels, class_names, ids."""
+    index = {name: k for k, name in enumerate(class_names)}
+    labels = np.zeros((len(examples), len(class_names)), dtype=np.int8)
+    for i, example in enumerate(examples):
+        labels[i, [index[t] for t in example.labels]] = 1
+    np.savez_compressed(
+        path,
+        pred_probs=np.asarray(probs, dtype=np.float64),
+        labels=labels,
+        class_names=np.asarray(class_names, dtype=str),
+        ids=np.asarray([e.id for e in examples], dtype=str),
+    )
 
 
 def _describe(example: NoisyExample, issues: Sequence[ClassIssue]) -> str:
