@@ -21,6 +21,8 @@ _SERVER_COMMANDS: dict[str, str] = {
     "demo": "labelwatch.commands.demo",
     "token": "labelwatch.commands.token",
     "flags": "labelwatch.commands.flags",
+    "consume": "labelwatch.commands.consume",
+    "label-studio": "labelwatch.commands.label_studio",
 }
 _CLIENT_COMMANDS: dict[str, str] = {
     "score": "labelwatch_client.cli",

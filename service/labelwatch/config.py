@@ -200,6 +200,57 @@ class Settings:
         default="labelwatch flags",
         metadata={"help": "title of the Label Studio project (created if missing)."},
     )
+    # -- Label Studio, both ways (docs/label-studio.md) --
+    http_port: int = field(
+        default=0,
+        metadata={
+            "help": "HTTP port on --host for Label Studio: annotation webhooks (POST /webhook) "
+            "and the ML backend protocol (/health, /setup, /predict); 0 turns it off."
+        },
+    )
+    ls_text_key: str = field(
+        default="text",
+        metadata={"help": "key of a Label Studio task's data that holds the text."},
+    )
+    ls_choices_name: str = field(
+        default="labels",
+        metadata={"help": "name of the Choices control in the labeling config holding the tags."},
+    )
+    ls_projects: Path | None = field(
+        default=None,
+        metadata={
+            "help": 'JSON file of per-project mappings, e.g. {"projects": {"3": '
+            '{"text_key": "body", "choices_name": "tags"}}}; projects not in it use '
+            "--ls-text-key and --ls-choices-name."
+        },
+    )
+    ls_webhook_secret_env: str = field(
+        default="LABELWATCH_LS_WEBHOOK_SECRET",
+        metadata={
+            "help": "name of the environment variable holding the shared secret Label Studio "
+            "webhooks must send in the X-Labelwatch-Secret header."
+        },
+    )
+    ls_webhook_secret_file: Path | None = field(
+        default=None,
+        metadata={"help": "file holding the webhook shared secret (instead of the variable)."},
+    )
+    ls_queue_size: int = field(
+        default=1000,
+        metadata={
+            "help": "annotations waiting to be scored; past it a webhook gets HTTP 503 and "
+            "Label Studio may resend it."
+        },
+    )
+    ls_writeback_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "write each scored annotation's label quality (and, when flagged, a "
+            "prediction with the suggested tags) back to the annotated task in Label Studio at "
+            "this URL; the token comes from --label-studio-token-env/-file (off when unset).",
+            "mask": "url",
+        },
+    )
     # -- security and limits (docs/security.md) --
     tls_cert: Path | None = field(
         default=None,

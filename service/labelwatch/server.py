@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from labelwatch.errors import StartupError
 from labelwatch.grpc.flags_servicer import FLAG_FEED_SERVICE_NAME, FlagFeedServicer
 from labelwatch.grpc.interceptor import MetricsInterceptor
 from labelwatch.grpc.servicer import LabelQualityServicer
+from labelwatch.labelstudio.http import LabelStudioHttp
+from labelwatch.labelstudio.http import from_settings as label_studio_http
 from labelwatch.metrics import Metrics
 from labelwatch.model import OnnxModel, SessionSettings, file_sha256
 from labelwatch.outbox import Outbox
@@ -163,11 +166,14 @@ class RunningServer:
     metrics_httpd: WSGIServer | None = None
     security: SecurityLayer | None = None
     delivery: Delivery | None = None
+    label_studio_http: LabelStudioHttp | None = None
     stopped: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace_seconds: float) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight ones finish within the grace."""
         self.health.enter_graceful_shutdown()
+        if self.label_studio_http is not None:
+            self.label_studio_http.stop()  # its queued annotations still need the batcher
         if self.delivery is not None:
             self.delivery.feed.close()  # WatchFlags streams end now rather than at the grace
         self.server.stop(grace_seconds).wait()
@@ -252,6 +258,12 @@ def start(
             ) from exc
         metrics_port = settings.metrics_port
     delivery.start(pipeline.spec.class_names)  # sink config errors stop start-up here
+    ls_http = None
+    if settings.http_port:
+        ls_http = label_studio_http(
+            settings, pipeline, batcher.score, os.environ, reuse_port=reuse_port
+        )
+        ls_http.start()
     server.start()
     health_servicer.set(FLAG_FEED_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
 
@@ -275,6 +287,7 @@ def start(
         metrics_httpd=metrics_httpd,
         security=security,
         delivery=delivery,
+        label_studio_http=ls_http,
     )
 
 
@@ -303,7 +316,7 @@ def serve_forever(
     model = running.pipeline.model
     log.info(
         "event=started address=%s:%d metrics_port=%s model=%s model_sha256=%s artifact=%s "
-        "classes=%d input=%s filter_by=%s version=%s",
+        "classes=%d input=%s filter_by=%s version=%s http_port=%s",
         settings.host,
         running.port,
         running.metrics_port or "off",
@@ -314,6 +327,7 @@ def serve_forever(
         running.pipeline.spec.input_kind.value,
         settings.filter_by.value,
         running.pipeline.model_version,
+        running.label_studio_http.port if running.label_studio_http else "off",
     )
     if on_ready is None:
         print(f"labelwatch listening on {settings.host}:{running.port}", flush=True)

@@ -1,0 +1,404 @@
+"""Consume labeled examples from NATS JetStream, score them, publish results, ack.
+
+One :class:`StreamConsumer` holds a durable pull consumer on the input stream.
+Any number of processes using the same durable name share the messages
+(JetStream hands each message to one of them). For every fetched batch:
+
+1. each message is decoded and validated (:mod:`labelwatch.ingest_messages`,
+   then the gRPC path's :func:`example_from_proto`); a malformed one is
+   published to the dead-letter subject with its reason and acked, so it is
+   never retried;
+2. the valid examples are scored in a worker thread through the shared
+   ``score`` callable (the :class:`~labelwatch.batcher.Batcher`, so concurrent
+   batches merge into one model call) -- the pipeline stores their flags in the
+   outbox before it returns;
+3. one result a message is published to the results subject with
+   ``Nats-Msg-Id = <stream>-<sequence>`` (a redelivered input gets the same id,
+   so JetStream drops the repeat within the duplicate window);
+4. only then is the input acked. A transient failure (outbox not writable,
+   model error, NATS publish failure) naks the inputs with a delay instead.
+
+Back-pressure: at most ``max_inflight`` messages are fetched and not yet
+acked or nak'd; a slow model slows fetching. On stop (SIGTERM) fetching ends,
+what is in hand is finished and acked within ``grace_seconds``, and the rest
+stays in the stream for the other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, PubAck, RetentionPolicy, StreamConfig
+
+from labelwatch.config import mask_url
+from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
+from labelwatch.errors import PublicError, WrongInputKind
+from labelwatch.grpc.converters import DEFAULT_LIMITS, example_from_proto, response_from_batch
+from labelwatch.ingest_messages import dead_letter_json, example_from_message, result_json
+from labelwatch.ingest_metrics import IngestMetrics
+from labelwatch.security.limits import ExampleLimits
+from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+ScoreFn = Callable[[Sequence[LabeledExample]], ScoredBatch]
+REASON_HEADER = "Labelwatch-Dead-Letter-Reason"
+"""Header of a dead-letter message holding the reason (also in its JSON body)."""
+
+
+@dataclass(frozen=True)
+class ConsumeOptions:
+    """Where to read and write, and how much to hold at once. Times in seconds."""
+
+    url: str
+    stream: str
+    subject: str
+    durable: str
+    results_subject: str = "labelwatch.results"
+    dead_letter_subject: str = "labelwatch.dead"
+    results_stream: str = "LABELWATCH_RESULTS"
+    batch: int = 64
+    max_inflight: int = 1024
+    fetch_timeout_seconds: float = 1.0
+    nak_delay_seconds: float = 5.0
+    ack_wait_seconds: float = 60.0
+    duplicate_window_seconds: float = 600.0
+    grace_seconds: float = 10.0
+    publish_timeout_seconds: float = 10.0
+    connect_timeout_seconds: float = 15.0
+
+
+@dataclass
+class ConsumeStats:
+    """What one process did (input messages)."""
+
+    processed: int = 0
+    dead_lettered: int = 0
+    naked: int = 0
+    abandoned: int = 0
+    """Messages still in hand when the grace ran out (JetStream redelivers them)."""
+    fetched: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+async def _log_nats_error(exc: Exception) -> None:
+    log.warning("event=nats_error error=%r", exc)
+
+
+class StreamConsumer:
+    """Scores the examples of ``options.stream`` with ``score``; see the module docs."""
+
+    def __init__(
+        self,
+        options: ConsumeOptions,
+        *,
+        score: ScoreFn,
+        spec: ModelSpec,
+        metrics: IngestMetrics,
+        limits: ExampleLimits = DEFAULT_LIMITS,
+    ) -> None:
+        if options.batch < 1 or options.max_inflight < options.batch:
+            raise ValueError("batch must be >= 1 and max_inflight >= batch")
+        self.options = options
+        self._score = score
+        self._spec = spec
+        self._class_index = {name: i for i, name in enumerate(spec.class_names)}
+        self._metrics = metrics
+        self._limits = limits
+        self.stats = ConsumeStats()
+        self._in_flight = 0
+        self._slot_freed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._js: JetStreamContext | None = None
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    async def _ensure_streams(self, js: JetStreamContext) -> None:
+        o = self.options
+        try:
+            await js.stream_info(o.stream)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(
+                StreamConfig(
+                    name=o.stream,
+                    subjects=[o.subject],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    duplicate_window=o.duplicate_window_seconds,
+                )
+            )
+            log.info("event=stream_created stream=%s subject=%s", o.stream, o.subject)
+        try:
+            await js.stream_info(o.results_stream)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(
+                StreamConfig(
+                    name=o.results_stream,
+                    subjects=[o.results_subject, o.dead_letter_subject],
+                    duplicate_window=o.duplicate_window_seconds,
+                )
+            )
+            log.info(
+                "event=stream_created stream=%s subjects=%s,%s",
+                o.results_stream,
+                o.results_subject,
+                o.dead_letter_subject,
+            )
+
+    async def _connect(self) -> tuple[Client, JetStreamContext, JetStreamContext.PullSubscription]:
+        o = self.options
+        try:
+            # the client retries an unreachable server forever: bound the first connect
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    o.url,
+                    name=f"labelwatch-consume-{o.durable}",
+                    connect_timeout=5,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    error_cb=_log_nats_error,
+                ),
+                o.connect_timeout_seconds,
+            )
+        except asyncio.TimeoutError as exc:
+            raise ConnectionError(
+                f"no connection to NATS at {mask_url(o.url)} within {o.connect_timeout_seconds}s"
+            ) from exc
+        js = nc.jetstream(timeout=o.publish_timeout_seconds)
+        await self._ensure_streams(js)
+        psub = await js.pull_subscribe(
+            o.subject,
+            durable=o.durable,
+            stream=o.stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=o.ack_wait_seconds,
+                max_ack_pending=-1,
+            ),
+        )
+        return nc, js, psub
+
+    # -- main loop ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[], object] | None = None) -> None:
+        """Fetch and process until ``stop`` is set, then drain what is in hand."""
+        nc, js, psub = await self._connect()
+        self._js = js
+        log.info(
+            "event=consuming stream=%s subject=%s durable=%s results=%s dead_letter=%s "
+            "batch=%d max_inflight=%d",
+            self.options.stream,
+            self.options.subject,
+            self.options.durable,
+            self.options.results_subject,
+            self.options.dead_letter_subject,
+            self.options.batch,
+            self.options.max_inflight,
+        )
+        if on_ready is not None:
+            on_ready()
+        try:
+            await self._fetch_until(stop, psub)
+        finally:
+            await self._drain(psub)
+            with contextlib.suppress(Exception):
+                await nc.flush(timeout=5)
+            await nc.close()
+        log.info(
+            "event=consumer_stopped processed=%d dead_lettered=%d naked=%d abandoned=%d",
+            self.stats.processed,
+            self.stats.dead_lettered,
+            self.stats.naked,
+            self.stats.abandoned,
+        )
+
+    async def _fetch_until(
+        self, stop: asyncio.Event, psub: JetStreamContext.PullSubscription
+    ) -> None:
+        o = self.options
+        while not stop.is_set():
+            free = o.max_inflight - self._in_flight
+            if free < 1:
+                self._slot_freed.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._slot_freed.wait(), o.fetch_timeout_seconds)
+                continue
+            try:
+                msgs = await psub.fetch(min(o.batch, free), timeout=o.fetch_timeout_seconds)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("event=fetch_failed error=%r", exc)
+                await asyncio.sleep(min(1.0, o.fetch_timeout_seconds))
+                continue
+            if not msgs:
+                continue
+            self._take(len(msgs))
+            self.stats.fetched += len(msgs)
+            with contextlib.suppress(nats.errors.Error):
+                self._metrics.pending.set(msgs[-1].metadata.num_pending)
+            task = asyncio.create_task(self._handle(msgs))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, psub: JetStreamContext.PullSubscription) -> None:
+        """Finish the batches in hand within the grace; nak what is left."""
+        if self._tasks:
+            log.info("event=draining in_flight=%d", self._in_flight)
+            _, late = await asyncio.wait(set(self._tasks), timeout=self.options.grace_seconds)
+            if late:
+                abandoned = self._in_flight  # only the late tasks still hold messages
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+                self.stats.abandoned += abandoned
+                log.warning(
+                    "event=drain_grace_expired abandoned=%d: JetStream redelivers them",
+                    abandoned,
+                )
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+
+    def _take(self, n: int) -> None:
+        self._in_flight += n
+        self._metrics.in_flight.set(self._in_flight)
+
+    def _release(self, n: int) -> None:
+        self._in_flight -= n
+        self._metrics.in_flight.set(self._in_flight)
+        self._slot_freed.set()
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    async def _handle(self, msgs: list[Msg]) -> None:
+        try:
+            valid: list[tuple[Msg, LabeledExample]] = []
+            for msg in msgs:
+                seq = msg.metadata.sequence.stream
+                try:
+                    proto = example_from_message(msg.data, msg.headers)
+                    example = example_from_proto(
+                        proto, seq, self._spec, self._class_index, self._limits
+                    )
+                except PublicError as exc:
+                    kind = "wrong_input_kind" if isinstance(exc, WrongInputKind) else "invalid"
+                    await self._dead_letter(msg, exc.message, kind)
+                    continue
+                valid.append((msg, example))
+            if valid:
+                await self._score_and_publish(valid)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never lose a task silently; JetStream redelivers after ack_wait
+            log.exception("event=batch_failed messages=%d", len(msgs))
+        finally:
+            self._release(len(msgs))  # acked, nak'd, or left to the ack wait: no longer held
+
+    async def _score_and_publish(self, valid: list[tuple[Msg, LabeledExample]]) -> None:
+        msgs = [m for m, _ in valid]
+        self._metrics.batch_size.observe(len(valid))
+        try:
+            batch = await asyncio.to_thread(self._score, [ex for _, ex in valid])
+        except PublicError as exc:
+            log.warning(
+                "event=score_failed messages=%d code=%s error=%r: nak, retry in %ss",
+                len(msgs),
+                exc.code.value,
+                exc.message,
+                self.options.nak_delay_seconds,
+            )
+            await self._nak(msgs)
+            return
+        except Exception:  # a bug or a model crash: hand back, do not lose the batch
+            log.exception("event=score_failed messages=%d: nak", len(msgs))
+            await self._nak(msgs)
+            return
+        response = response_from_batch(batch, self._spec.class_names, include_probabilities=False)
+        published = await self._publish_results(msgs, list(response.results))
+        done = [m for m, ok in zip(msgs, published, strict=True) if ok]
+        failed = [m for m, ok in zip(msgs, published, strict=True) if not ok]
+        now = time.time()
+        for msg in done:
+            await msg.ack()
+            sent = msg.metadata.timestamp.timestamp()
+            self._metrics.end_to_end_seconds.observe(max(0.0, now - sent))
+        self.stats.processed += len(done)
+        self._metrics.processed.inc(len(done))
+        if failed:
+            await self._nak(failed)
+
+    async def _publish_results(self, msgs: list[Msg], results: list[pb.ScoreResult]) -> list[bool]:
+        """Publish one result a message; per message, whether JetStream stored it."""
+        assert self._js is not None
+        o = self.options
+        acks: list[asyncio.Future[PubAck] | None] = []
+        for msg, result in zip(msgs, results, strict=True):
+            seq = msg.metadata.sequence.stream
+            try:
+                acks.append(
+                    await self._js.publish_async(
+                        o.results_subject,
+                        result_json(result, stream=o.stream, sequence=seq),
+                        wait_stall=o.publish_timeout_seconds,
+                        headers={"Nats-Msg-Id": f"{o.stream}-{seq}"},
+                    )
+                )
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("event=result_publish_failed error=%r", exc)
+                acks.append(None)
+        out: list[bool] = []
+        for ack in acks:
+            if ack is None:
+                out.append(False)
+                continue
+            try:
+                await asyncio.wait_for(ack, o.publish_timeout_seconds)
+                out.append(True)
+            except (asyncio.TimeoutError, nats.errors.Error, OSError) as exc:
+                log.warning("event=result_publish_failed error=%r", exc)
+                out.append(False)
+        return out
+
+    async def _dead_letter(self, msg: Msg, reason: str, kind: str) -> None:
+        """Publish ``msg`` with ``reason`` to the dead-letter subject, then ack it."""
+        assert self._js is not None
+        o = self.options
+        seq = msg.metadata.sequence.stream
+        body = dead_letter_json(
+            reason=reason, stream=o.stream, sequence=seq, subject=msg.subject, data=msg.data
+        )
+        try:
+            await self._js.publish(
+                o.dead_letter_subject,
+                body,
+                headers={
+                    "Nats-Msg-Id": f"dead-{o.stream}-{seq}",
+                    REASON_HEADER: reason.replace("\r", " ").replace("\n", " ")[:1024],
+                },
+            )
+        except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+            log.warning("event=dead_letter_publish_failed sequence=%d error=%r", seq, exc)
+            await self._nak([msg])
+            return
+        await msg.ack()
+        log.info("event=dead_lettered stream=%s sequence=%d reason=%r", o.stream, seq, reason)
+        self.stats.dead_lettered += 1
+        self._metrics.dead_lettered.labels(kind).inc()
+
+    async def _nak(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=self.options.nak_delay_seconds)
+        self.stats.naked += len(msgs)
+        self._metrics.naked.inc(len(msgs))

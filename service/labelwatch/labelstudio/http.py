@@ -1,0 +1,235 @@
+"""The HTTP server on ``--http-port``: Label Studio webhooks and the ML backend protocol.
+
+Routes: ``POST /webhook`` (header ``X-Labelwatch-Secret``, compared in constant
+time; 401 otherwise), ``GET /health`` and ``GET /``, ``POST /setup``, ``POST
+/predict``. Answers are JSON. A webhook is parsed, queued and answered at once
+(202); scoring happens on the processor's worker.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from labelwatch.config import Settings
+from labelwatch.delivery import read_secret
+from labelwatch.domain import LabeledExample, ScoredBatch
+from labelwatch.errors import StartupError
+from labelwatch.labelstudio.client import LabelStudioClient
+from labelwatch.labelstudio.ml_backend import MlBackend
+from labelwatch.labelstudio.processor import AnnotationProcessor
+from labelwatch.labelstudio.webhook import (
+    Mappings,
+    PayloadError,
+    ProjectMapping,
+    load_mappings,
+    parse_event,
+)
+from labelwatch.labelstudio.writeback import TaskWriter
+from labelwatch.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+SECRET_HEADER = "X-Labelwatch-Secret"
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class LabelStudioHttp:
+    """Serves the routes above on ``host:port`` (0 = a free port; see :attr:`port`)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        secret: str | None,
+        mappings: Mappings,
+        class_names: tuple[str, ...],
+        processor: AnnotationProcessor,
+        ml_backend: MlBackend,
+        reuse_port: bool = False,
+    ) -> None:
+        self._secret = secret.encode("utf-8") if secret else None
+        self._mappings = mappings
+        self._class_names = class_names
+        self.processor = processor
+        self.ml_backend = ml_backend
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "labelwatch"
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] in ("/", "/health"):
+                    self._answer(200, app.ml_backend.health())
+                else:
+                    self._answer(404, {"error": f"no route GET {self.path}"})
+
+            def do_POST(self) -> None:
+                route = self.path.split("?")[0].rstrip("/")
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY_BYTES:
+                    self._answer(413, {"error": f"body over {MAX_BODY_BYTES} bytes"})
+                    return
+                raw = self.rfile.read(length)
+                if route == "/webhook" and not app.authorized(self.headers.get(SECRET_HEADER)):
+                    self._answer(401, {"error": f"missing or wrong {SECRET_HEADER} header"})
+                    return
+                try:
+                    body = json.loads(raw or b"{}")
+                except ValueError:
+                    self._answer(400, {"error": "the body is not JSON"})
+                    return
+                try:
+                    if route == "/webhook":
+                        status, answer = app.webhook(body)
+                    elif route == "/predict":
+                        status, answer = 200, app.ml_backend.predict(body)
+                    elif route == "/setup":
+                        status, answer = 200, app.ml_backend.setup(body)
+                    elif route == "/webhook-test":  # Label Studio's "test webhook" button
+                        status, answer = 200, {"ok": True}
+                    else:
+                        status, answer = 404, {"error": f"no route POST {self.path}"}
+                except PayloadError as exc:
+                    status, answer = 400, {"error": str(exc)}
+                self._answer(status, answer)
+
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                raw = json.dumps(body).encode("utf-8")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("event=http_request %s", format % args)
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler, bind_and_activate=False)
+        self._httpd.daemon_threads = True
+        if reuse_port:  # --workers: every worker process serves the same port
+            self._httpd.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            self._httpd.server_bind()
+            self._httpd.server_activate()
+        except OSError:
+            self._httpd.server_close()
+            raise
+        self.port = int(self._httpd.server_address[1])
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="ls-http", daemon=True
+        )
+
+    def authorized(self, given: str | None) -> bool:
+        """Whether ``given`` is the shared secret (constant-time; always False without one)."""
+        if self._secret is None or given is None:
+            return False
+        return hmac.compare_digest(given.encode("utf-8"), self._secret)
+
+    def webhook(self, body: Any) -> tuple[int, dict[str, Any]]:
+        """Parse and queue one webhook: (HTTP status, JSON answer)."""
+        event = parse_event(body, self._mappings, self._class_names)
+        if event is None:
+            return 200, {"ignored": str(body.get("action") if isinstance(body, dict) else "")}
+        if not self.processor.submit(event):
+            return 503, {"error": "too many annotations waiting to be scored; resend later"}
+        answer: dict[str, Any] = {"queued": event.example.id}
+        if event.unknown_tags:
+            answer["unknown_tags"] = list(event.unknown_tags)
+        return 202, answer
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting requests, then finish the queued annotations."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self.processor.close()
+
+
+def from_settings(
+    settings: Settings,
+    pipeline: Pipeline,
+    score: Callable[[Sequence[LabeledExample]], ScoredBatch],
+    environ: Mapping[str, str],
+    *,
+    reuse_port: bool = False,
+) -> LabelStudioHttp:
+    """Build (not start) the HTTP server ``settings`` ask for (``--http-port`` non-zero).
+
+    Raises :class:`StartupError` for an unreadable secret file, a write-back URL
+    without a token, or a port that cannot be bound.
+    """
+    secret: str | None
+    if settings.ls_webhook_secret_file is not None or environ.get(settings.ls_webhook_secret_env):
+        secret = read_secret(
+            "Label Studio webhook secret",
+            settings.ls_webhook_secret_env,
+            settings.ls_webhook_secret_file,
+            environ,
+            "--ls-webhook-secret-file",
+        )
+    else:
+        secret = None
+        log.warning(
+            "event=ls_webhook_disabled reason=no_secret: set %s or --ls-webhook-secret-file; "
+            "every POST /webhook is refused with 401",
+            settings.ls_webhook_secret_env,
+        )
+    default = ProjectMapping(settings.ls_text_key, settings.ls_choices_name)
+    mappings = Mappings(default)
+    if settings.ls_projects is not None:
+        try:
+            mappings = load_mappings(settings.ls_projects, default)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from exc
+    class_names = tuple(pipeline.spec.class_names)
+    writer: TaskWriter | None = None
+    if settings.ls_writeback_url:
+        token = read_secret(
+            "Label Studio token",
+            settings.label_studio_token_env,
+            settings.label_studio_token_file,
+            environ,
+            "--label-studio-token-file",
+        )
+        try:
+            client = LabelStudioClient(settings.ls_writeback_url, token)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from exc
+        writer = TaskWriter(client)
+    processor = AnnotationProcessor(
+        score,
+        class_names,
+        max_queued=settings.ls_queue_size,
+        write_back=writer,
+        retry_initial_seconds=settings.sink_retry_initial_seconds,
+        retry_max_seconds=settings.sink_retry_max_seconds,
+    )
+    backend = MlBackend(pipeline.model, class_names, pipeline.model_version, mappings)
+    try:
+        return LabelStudioHttp(
+            settings.host,
+            settings.http_port,
+            secret=secret,
+            mappings=mappings,
+            class_names=class_names,
+            processor=processor,
+            ml_backend=backend,
+            reuse_port=reuse_port,
+        )
+    except OSError as exc:
+        processor.close()
+        raise StartupError(
+            f"cannot bind HTTP port {settings.host}:{settings.http_port}: {exc}"
+        ) from exc

@@ -1,0 +1,113 @@
+"""Label Studio's ML backend protocol: ``/health``, ``/setup``, ``/predict``.
+
+``POST /predict`` gets ``{"tasks": [{"id", "data": {...}}, ...], "label_config": "<View>...",
+"project": "ID.TIMESTAMP", "params": {...}}`` and answers ``{"results": [{"result":
+[{"from_name", "to_name", "type": "choices", "value": {"choices": [...]}}], "score",
+"model_version"}, ...], "model_version"}``: one prediction per task, in order, with the
+tags whose probability is at least 0.5 that the labeling config offers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from html import unescape
+from typing import Any
+
+import numpy as np
+
+from labelwatch.domain import InputKind
+from labelwatch.labelstudio.webhook import Mappings, PayloadError
+from labelwatch.model import OnnxModel
+
+DECISION_THRESHOLD = 0.5
+_CHOICES = re.compile(r"<Choices\b([^>]*)>(.*?)</Choices>", re.DOTALL)
+_ATTR = re.compile(r"([\w-]+)\s*=\s*(\"[^\"]*\"|'[^']*')")
+_CHOICE_VALUE = re.compile(r"<Choice\b[^>]*?\bvalue\s*=\s*(\"[^\"]*\"|'[^']*')")
+
+
+def choices_control(label_config: str, name: str) -> tuple[str, str, list[str]] | None:
+    """``(name, toName, values)`` of the Choices named ``name`` (else the first), or None."""
+    found: list[tuple[str, str, list[str]]] = []
+    for match in _CHOICES.finditer(label_config):
+        attrs = {k: unescape(v[1:-1]) for k, v in _ATTR.findall(match.group(1))}
+        values = [unescape(v[1:-1]) for v in _CHOICE_VALUE.findall(match.group(2))]
+        found.append((attrs.get("name", ""), attrs.get("toName", ""), values))
+    named = [c for c in found if c[0] == name]
+    chosen = named or found
+    return chosen[0] if chosen else None
+
+
+class MlBackend:
+    """Pre-annotation with ``model`` over ``class_names``; ``model_version`` stamps predictions."""
+
+    def __init__(
+        self,
+        model: OnnxModel | None,
+        class_names: Sequence[str],
+        model_version: str,
+        mappings: Mappings,
+    ) -> None:
+        self._model = model
+        self._class_names = tuple(class_names)
+        self.model_version = model_version
+        self._mappings = mappings
+
+    def health(self) -> dict[str, Any]:
+        """The ``/health`` answer."""
+        status = (
+            "UP" if self._model is not None and self._model.input_kind is InputKind.TEXT else "DOWN"
+        )
+        return {"status": status, "model_class": "labelwatch", "model_version": self.model_version}
+
+    def setup(self, body: Any) -> dict[str, Any]:
+        """The ``/setup`` answer: the model version."""
+        return {"model_version": self.model_version}
+
+    def predict(self, body: Any) -> dict[str, Any]:
+        """The ``/predict`` answer for ``body`` (see the module docstring).
+
+        Raises :class:`PayloadError` for a body without tasks or a task without text.
+        """
+        if self._model is None or self._model.input_kind is not InputKind.TEXT:
+            raise PayloadError("this server's model does not take text; it cannot pre-annotate")
+        if not isinstance(body, dict) or not isinstance(body.get("tasks"), list):
+            raise PayloadError("the body needs a 'tasks' list")
+        project = str(body.get("project") or "").split(".")[0]  # "ID.TIMESTAMP"
+        mapping = self._mappings.for_project(int(project) if project.isdigit() else None)
+        control = choices_control(str(body.get("label_config") or ""), mapping.choices_name)
+        name, to_name, offered = control or (mapping.choices_name, "text", [])
+        allowed = set(offered) if offered else set(self._class_names)
+        texts: list[str] = []
+        for task in body["tasks"]:
+            data = task.get("data") if isinstance(task, dict) else None
+            text = data.get(mapping.text_key) if isinstance(data, dict) else None
+            if not isinstance(text, str):
+                raise PayloadError(f"a task has no text under data.{mapping.text_key}")
+            texts.append(text)
+        probs = self._model.predict(texts) if texts else np.zeros((0, len(self._class_names)))
+        results = []
+        for row in probs:
+            tags = [
+                self._class_names[k]
+                for k in np.flatnonzero(row >= DECISION_THRESHOLD)
+                if self._class_names[k] in allowed
+            ]
+            chosen = [float(row[self._class_names.index(t)]) for t in tags]
+            results.append(
+                {
+                    "result": [
+                        {
+                            "from_name": name,
+                            "to_name": to_name,
+                            "type": "choices",
+                            "value": {"choices": tags},
+                        }
+                    ]
+                    if tags
+                    else [],
+                    "score": round(float(np.mean(chosen)) if chosen else 0.0, 6),
+                    "model_version": self.model_version,
+                }
+            )
+        return {"results": results, "model_version": self.model_version}

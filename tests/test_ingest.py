@@ -1,0 +1,505 @@
+"""``labelwatch consume`` against a real nats-server on 127.0.0.1 (docs/ingestion.md).
+
+Consumers run as child processes in thresholds-only mode (probabilities in),
+so each test takes seconds. A missing nats-server skips (fails with CI=true).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from labelwatch.config import Settings
+from labelwatch.domain import LabeledExample, ScoredBatch
+from labelwatch.errors import OutboxUnavailable
+from labelwatch.flag import flags_from_batch
+from labelwatch.grpc.converters import example_from_proto
+from labelwatch.ingest import ConsumeOptions, StreamConsumer
+from labelwatch.ingest_app import READY_LINE
+from labelwatch.ingest_messages import PROTOBUF_CONTENT_TYPE
+from labelwatch.ingest_metrics import IngestMetrics
+from labelwatch.metrics import Metrics
+from labelwatch.outbox import Outbox
+from labelwatch.server import load_pipeline
+from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
+from support_delivery import NatsServer, clean_example, flagged_example, nats_server, wait_until
+from support_server import CLASS_NAMES, _env, write_artifact
+
+STREAM = "EXAMPLES"
+RESULTS_STREAM = "LABELWATCH_RESULTS"
+RESULTS = "labelwatch.results"
+DEAD = "labelwatch.dead"
+DURABLE = "scorers"
+
+
+def as_json(ex: pb.Example) -> bytes:
+    """The JSONL form of a probabilities example."""
+    return json.dumps(
+        {
+            "id": ex.id,
+            "probabilities": list(ex.probabilities.values),
+            "labels": list(ex.labels),
+            "annotator_id": ex.annotator_id,
+            "metadata": dict(ex.metadata),
+        }
+    ).encode()
+
+
+def examples(n: int, prefix: str = "") -> list[pb.Example]:
+    """``n`` examples, every third one flagged; ids prefixed to keep them unique."""
+    out = []
+    for i in range(n):
+        ex = flagged_example(i) if i % 3 == 0 else clean_example(i)
+        ex.id = f"{prefix}{ex.id}"
+        out.append(ex)
+    return out
+
+
+# -- NATS helpers (each runs its own short event loop) ---------------------------------------
+
+
+async def _publish(url: str, payloads: Sequence[tuple[bytes, dict[str, str] | None]]) -> None:
+    import nats
+    from nats.js.api import RetentionPolicy, StreamConfig
+
+    nc = await nats.connect(url, connect_timeout=5)
+    try:
+        js = nc.jetstream(timeout=10)
+        with contextlib.suppress(Exception):
+            await js.add_stream(
+                StreamConfig(
+                    name=STREAM,
+                    subjects=["examples.>"],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    duplicate_window=600,
+                )
+            )
+        futures = [
+            await js.publish_async(f"examples.tenant{i % 2}", data, headers=headers)
+            for i, (data, headers) in enumerate(payloads)
+        ]
+        await asyncio.wait_for(asyncio.gather(*futures), 30)
+    finally:
+        await nc.close()
+
+
+def publish(url: str, payloads: Sequence[tuple[bytes, dict[str, str] | None]]) -> None:
+    asyncio.run(_publish(url, payloads))
+
+
+def publish_json(url: str, exs: Sequence[pb.Example]) -> None:
+    publish(url, [(as_json(ex), None) for ex in exs])
+
+
+@dataclass
+class Out:
+    subject: str
+    msg_id: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+async def _outputs(url: str) -> list[Out]:
+    """Every message of the results stream, read in batches by an ephemeral consumer."""
+    import nats
+    import nats.js.errors
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    nc = await nats.connect(url, connect_timeout=5)
+    try:
+        js = nc.jetstream(timeout=10)
+        try:
+            total = (await js.stream_info(RESULTS_STREAM)).state.messages
+        except nats.js.errors.NotFoundError:
+            return []
+        out: list[Out] = []
+        if total == 0:
+            return out
+        psub = await js.pull_subscribe(
+            ">", stream=RESULTS_STREAM, config=ConsumerConfig(ack_policy=AckPolicy.NONE)
+        )
+        while len(out) < total:
+            for msg in await psub.fetch(min(1000, total - len(out)), timeout=5):
+                headers = dict(msg.headers or {})
+                out.append(
+                    Out(msg.subject, headers.get("Nats-Msg-Id", ""), headers, json.loads(msg.data))
+                )
+        await psub.unsubscribe()
+        return out
+    finally:
+        await nc.close()
+
+
+def outputs(url: str, subject: str) -> list[Out]:
+    return [o for o in asyncio.run(_outputs(url)) if o.subject == subject]
+
+
+async def _state(url: str) -> dict[str, int]:
+    import nats
+
+    nc = await nats.connect(url, connect_timeout=5)
+    try:
+        js = nc.jetstream(timeout=10)
+        info = await js.consumer_info(STREAM, DURABLE)
+        stream = await js.stream_info(STREAM)
+        return {
+            "pending": int(info.num_pending or 0),
+            "ack_pending": int(info.num_ack_pending or 0),
+            "redelivered": int(info.num_redelivered or 0),
+            "stream_messages": int(stream.state.messages),
+        }
+    finally:
+        await nc.close()
+
+
+def state(url: str) -> dict[str, int]:
+    return asyncio.run(_state(url))
+
+
+async def _count(url: str, subject: str) -> int:
+    import nats
+    import nats.js.errors
+
+    nc = await nats.connect(url, connect_timeout=5)
+    try:
+        js = nc.jetstream(timeout=10)
+        try:
+            info = await js.stream_info(RESULTS_STREAM, subjects_filter=subject)
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int((info.state.subjects or {}).get(subject, 0))
+    finally:
+        await nc.close()
+
+
+def result_count(url: str) -> int:
+    """Messages stored on the results subject (cheap: no message is read)."""
+    return asyncio.run(_count(url, RESULTS))
+
+
+# -- consumer processes ------------------------------------------------------------------------
+
+
+@dataclass
+class Consumer:
+    process: subprocess.Popen[str]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def processed(self) -> int:
+        match = re.search(r"event=consumer_stopped processed=(\d+)", self.log())
+        assert match, f"no consumer_stopped line in:\n{self.log()[-3000:]}"
+        return int(match.group(1))
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+@contextlib.contextmanager
+def consumers(
+    nats: NatsServer,
+    thresholds: Path | None,
+    outbox: Path,
+    n: int = 1,
+    extra: Sequence[str] = (),
+) -> Iterator[list[Consumer]]:
+    """``n`` ``labelwatch consume`` processes on one durable; each ready when yielded."""
+    started: list[Consumer] = []
+    try:
+        for i in range(n):
+            log_path = outbox.parent / f"consumer-{i}-{time.monotonic_ns()}.log"
+            cmd = [sys.executable, "-m", "labelwatch.cli", "consume", "--nats", nats.url]
+            cmd += ["--stream", STREAM, "--subject", "examples.>", "--durable", DURABLE]
+            if thresholds is not None:  # else the embedded default text model
+                cmd += ["--thresholds", str(thresholds)]
+            cmd += ["--outbox", str(outbox)]
+            cmd += ["--metrics-port", "0", "--grace-seconds", "10", *extra]
+            with log_path.open("w") as stderr:
+                proc = subprocess.Popen(
+                    cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=_env()
+                )
+            started.append(Consumer(proc, log_path))
+        for c in started:
+            assert c.process.stdout is not None
+            line = c.process.stdout.readline()
+            assert READY_LINE in line, f"consumer did not start: {c.log()[-3000:]}"
+        yield started
+    finally:
+        for c in started:
+            if c.process.poll() is None:
+                c.process.kill()
+                c.process.wait(10)
+            if c.process.stdout is not None:
+                c.process.stdout.close()
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[NatsServer]:
+    with nats_server(tmp_path / "jetstream") as server:
+        yield server
+
+
+@pytest.fixture
+def thresholds(tmp_path: Path) -> Path:
+    return write_artifact(tmp_path / "thresholds.json")
+
+
+def expected_flag_ids(thresholds: Path, exs: Sequence[pb.Example]) -> set[str]:
+    """Flag ids of one in-process scoring of ``exs`` (the reference for the consumers)."""
+    pipeline = load_pipeline(Settings(thresholds=thresholds), Metrics(CollectorRegistry()))
+    index = {name: i for i, name in enumerate(CLASS_NAMES)}
+    domain = [example_from_proto(ex, i, pipeline.spec, index) for i, ex in enumerate(exs)]
+    batch = pipeline.score(domain)
+    return {f.flag_id for f in flags_from_batch(batch, pipeline.spec.class_names)}
+
+
+def outbox_flag_ids(path: Path) -> set[str]:
+    box = Outbox(path)
+    try:
+        return {f.flag_id for f in box.flags(limit=1_000_000)}
+    finally:
+        box.close()
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+def test_each_example_gets_one_result_its_flags_reach_the_outbox_and_inputs_are_acked(
+    nats: NatsServer, thresholds: Path, tmp_path: Path
+) -> None:
+    json_examples = examples(120, "j-")
+    proto_examples = examples(30, "p-")
+    outbox = tmp_path / "outbox.sqlite3"
+    publish_json(nats.url, json_examples)
+    publish(
+        nats.url,
+        [
+            (ex.SerializeToString(), {"Content-Type": PROTOBUF_CONTENT_TYPE})
+            for ex in proto_examples
+        ],
+    )
+    with consumers(nats, thresholds, outbox) as (consumer,):
+        wait_until(lambda: result_count(nats.url) >= 150, 30, "150 results")
+        wait_until(lambda: state(nats.url)["stream_messages"] == 0, 10, "inputs acked")
+        assert consumer.terminate() == 0
+    results = outputs(nats.url, RESULTS)
+    assert len(results) == 150
+    assert len({r.msg_id for r in results}) == 150
+    assert all(r.msg_id == f"{STREAM}-{r.body['input']['sequence']}" for r in results)
+    by_id = {r.body["id"]: r.body for r in results}
+    everything = json_examples + proto_examples
+    assert set(by_id) == {ex.id for ex in everything}
+    assert {i for i, b in by_id.items() if b.get("is_issue")} == {
+        ex.id for ex in everything if ex.id.split("-", 1)[1].startswith("flagged")
+    }
+    assert outbox_flag_ids(outbox) == expected_flag_ids(thresholds, everything)
+    final = state(nats.url)
+    assert final["pending"] == 0 and final["ack_pending"] == 0
+    assert final["redelivered"] == 0
+    assert outputs(nats.url, DEAD) == []
+
+
+def test_malformed_messages_are_dead_lettered_with_their_reason_and_not_redelivered(
+    nats: NatsServer, thresholds: Path, tmp_path: Path
+) -> None:
+    unknown_label = pb.Example(
+        id="bad-label",
+        probabilities=pb.Probabilities(values=[0.5] * len(CLASS_NAMES)),
+        labels=["unicorn"],
+    )
+    good = examples(1, "ok-")
+    publish(
+        nats.url,
+        [
+            (b'{"id": "broken", "probabilities": [0.1,', None),
+            (as_json(unknown_label), None),
+            (b"\xff\x00not a protobuf", {"Content-Type": PROTOBUF_CONTENT_TYPE}),
+            (as_json(good[0]), None),
+        ],
+    )
+    with consumers(
+        nats, thresholds, tmp_path / "outbox.sqlite3", extra=["--ack-wait-seconds", "1"]
+    ) as (consumer,):
+        wait_until(lambda: asyncio.run(_count(nats.url, DEAD)) >= 3, 20, "3 dead letters")
+        wait_until(lambda: result_count(nats.url) >= 1, 10, "the good example's result")
+        time.sleep(2.5)  # past --ack-wait-seconds: an unacked message would come back now
+        assert consumer.terminate() == 0
+    dead = outputs(nats.url, DEAD)
+    assert len(dead) == 3
+    reasons = sorted(d.body["reason"] for d in dead)
+    assert any("not valid JSON" in r for r in reasons), reasons
+    assert any("example 'bad-label'" in r and "unknown class name 'unicorn'" in r for r in reasons)
+    assert any("not a valid labelwatch.v1.Example" in r for r in reasons), reasons
+    assert all(d.headers["Labelwatch-Dead-Letter-Reason"] == d.body["reason"] for d in dead)
+    broken = next(d for d in dead if "not valid JSON" in d.body["reason"])
+    assert base64.b64decode(broken.body["data_base64"]).startswith(b'{"id": "broken"')
+    final = state(nats.url)
+    assert final == {"pending": 0, "ack_pending": 0, "redelivered": 0, "stream_messages": 0}
+    assert [r.body["id"] for r in outputs(nats.url, RESULTS)] == ["ok-flagged-0"]
+
+
+def test_two_processes_on_one_durable_share_the_work_without_loss_or_duplicates(
+    nats: NatsServer, thresholds: Path, tmp_path: Path
+) -> None:
+    n = 3000
+    exs = examples(n, "s-")
+    outbox = tmp_path / "outbox.sqlite3"
+    with consumers(nats, thresholds, outbox, n=2, extra=["--batch", "16"]) as pair:
+        publish_json(nats.url, exs)
+        wait_until(lambda: result_count(nats.url) >= n, 60, f"{n} results", interval=0.5)
+        assert [c.terminate() for c in pair] == [0, 0]
+    results = outputs(nats.url, RESULTS)
+    assert len(results) == n
+    assert sorted(r.body["id"] for r in results) == sorted(ex.id for ex in exs)
+    shares = [c.processed() for c in pair]
+    assert sum(shares) == n and min(shares) > 0, shares
+    assert outbox_flag_ids(outbox) == expected_flag_ids(thresholds, exs)
+    assert state(nats.url)["stream_messages"] == 0
+
+
+def test_sigterm_finishes_and_acks_what_is_in_hand_and_leaves_the_rest(
+    nats: NatsServer, thresholds: Path, tmp_path: Path
+) -> None:
+    n = 6000
+    exs = examples(n, "d-")
+    outbox = tmp_path / "outbox.sqlite3"
+    publish_json(nats.url, exs)
+    with consumers(nats, thresholds, outbox, extra=["--batch", "8"]) as (first,):
+        wait_until(lambda: result_count(nats.url) >= 1, 20, "the first result", interval=0.02)
+        assert first.terminate() == 0
+    assert "event=shutdown_requested signal=SIGTERM" in first.log()
+    done = first.processed()
+    after = state(nats.url)
+    assert 0 < done < n, "the test needs the consumer stopped midway"
+    assert after["ack_pending"] == 0  # nothing fetched was left unacked
+    assert after["redelivered"] == 0
+    assert result_count(nats.url) == done
+    assert after["stream_messages"] == n - done  # the rest waits for the others
+    with consumers(nats, thresholds, outbox) as (second,):
+        wait_until(lambda: result_count(nats.url) >= n, 60, f"{n} results", interval=0.5)
+        assert second.terminate() == 0
+    assert second.processed() == n - done
+    results = outputs(nats.url, RESULTS)
+    assert sorted(r.body["id"] for r in results) == sorted(ex.id for ex in exs)
+
+
+def test_killed_consumer_loses_nothing_and_a_restart_resumes_from_the_ack_floor(
+    nats: NatsServer, thresholds: Path, tmp_path: Path
+) -> None:
+    n = 10_000
+    exs = examples(n, "k-")
+    outbox = tmp_path / "outbox.sqlite3"
+    extra = ["--batch", "32", "--max-inflight", "128", "--ack-wait-seconds", "2"]
+    with consumers(nats, thresholds, outbox, n=3, extra=extra) as trio:
+        publish_json(nats.url, exs)
+        wait_until(lambda: result_count(nats.url) >= n // 5, 60, "a fifth of the results")
+        trio[0].process.send_signal(signal.SIGKILL)  # whatever it held comes back after ack_wait
+        trio[0].process.wait(10)
+        wait_until(lambda: result_count(nats.url) >= n, 60, f"{n} results", interval=0.5)
+        wait_until(lambda: state(nats.url)["stream_messages"] == 0, 20, "every input acked")
+        assert [c.terminate() for c in trio[1:]] == [0, 0]
+    results = outputs(nats.url, RESULTS)
+    assert len(results) == n  # a re-scored redelivery's result was dropped as a duplicate
+    assert sorted(r.body["id"] for r in results) == sorted(ex.id for ex in exs)
+    assert outbox_flag_ids(outbox) == expected_flag_ids(thresholds, exs)
+
+    more = examples(500, "late-")
+    publish_json(nats.url, more)  # the stream grew while no consumer ran
+    with consumers(nats, thresholds, outbox) as (restarted,):
+        wait_until(lambda: result_count(nats.url) >= n + 500, 30, "the new results")
+        assert restarted.terminate() == 0
+    assert restarted.processed() == 500  # only what was past the ack floor
+    assert len(outputs(nats.url, RESULTS)) == n + 500
+
+
+def test_transient_scoring_failure_naks_and_the_redelivery_is_scored_and_counted(
+    nats: NatsServer, thresholds: Path
+) -> None:
+    registry = CollectorRegistry()
+    pipeline = load_pipeline(Settings(thresholds=thresholds), Metrics(registry))
+    calls: list[int] = []
+
+    def flaky(batch: Sequence[LabeledExample]) -> ScoredBatch:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise OutboxUnavailable("the flag outbox is not writable")
+        return pipeline.score(batch)
+
+    options = ConsumeOptions(
+        url=nats.url,
+        stream=STREAM,
+        subject="examples.>",
+        durable=DURABLE,
+        nak_delay_seconds=0.3,
+        fetch_timeout_seconds=0.2,
+    )
+    publish_json(nats.url, examples(5, "t-"))
+
+    async def consume() -> StreamConsumer:
+        consumer = StreamConsumer(
+            options, score=flaky, spec=pipeline.spec, metrics=IngestMetrics(registry)
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(consumer.run(stop))
+        deadline = time.monotonic() + 20
+        while consumer.stats.processed < 5 and time.monotonic() < deadline and not task.done():
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        return consumer
+
+    consumer = asyncio.run(consume())
+    assert consumer.stats.processed == 5
+    assert consumer.stats.naked == calls[0] > 0
+    assert len(calls) >= 2
+    sample = registry.get_sample_value
+    assert sample("labelwatch_ingest_nak_messages_total") == calls[0]
+    assert sample("labelwatch_ingest_processed_messages_total") == 5
+    assert sample("labelwatch_ingest_end_to_end_seconds_count") == 5
+    assert sample("labelwatch_ingest_batch_size_sum") == sum(calls)
+    assert sample("labelwatch_ingest_in_flight_messages") == 0
+    assert sample("labelwatch_ingest_pending_messages") is not None
+    assert sorted(r.body["id"] for r in outputs(nats.url, RESULTS)) == sorted(
+        ex.id for ex in examples(5, "t-")
+    )
+    assert state(nats.url)["stream_messages"] == 0
+
+
+def test_text_examples_are_scored_by_the_default_model_and_features_are_dead_lettered(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    text = {
+        "id": "pkg-1",
+        "text": "command-line tool to compress and extract zip archives",
+        "labels": ["role::documentation"],
+    }
+    wrong_kind = {"id": "pkg-2", "features": [0.1, 0.2], "labels": []}
+    publish(nats.url, [(json.dumps(text).encode(), None), (json.dumps(wrong_kind).encode(), None)])
+    with consumers(nats, None, tmp_path / "outbox.sqlite3") as (consumer,):
+        wait_until(lambda: result_count(nats.url) >= 1, 30, "the text example's result")
+        wait_until(lambda: asyncio.run(_count(nats.url, DEAD)) >= 1, 10, "the dead letter")
+        assert consumer.terminate() == 0
+    (result,) = outputs(nats.url, RESULTS)
+    assert result.body["id"] == "pkg-1"
+    assert 0.0 <= result.body["label_quality"] <= 1.0
+    assert result.body["model_version"]
+    (dead,) = outputs(nats.url, DEAD)
+    assert "example 'pkg-2'" in dead.body["reason"]
+    assert "field 'features'" in dead.body["reason"]
