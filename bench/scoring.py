@@ -198,6 +198,7 @@ def environment() -> dict[str, Any]:
         "cleanlab": cleanlab.__version__,
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
+        "load_average_1m_at_end": os.getloadavg()[0],
         "thread_env": {
             key: os.environ[key]
             for key in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -231,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(
         f"\nmedian of {args.repeats} runs; ratio = cleanlab time / labelwatch time; "
-        "'(1x)' = a run slower than --slow-run, not repeated; cleanlab's scores and thresholds "
-        "take no n_jobs (n/a)."
+        "'(3x)' = only 3 runs, as one took longer than --slow-run; cleanlab's scores and "
+        "thresholds take no n_jobs (n/a)."
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
