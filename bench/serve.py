@@ -95,7 +95,7 @@ class Plan:
     windows: tuple[float, ...]
     processes: int
     peer: bool = True
-    outbox_syncs: tuple[str, ...] = ("normal",)
+    outbox_syncs: tuple[str, ...] = ("full",)
     cleanlab_repeats: int = 1
 
 
@@ -403,15 +403,15 @@ def section_tuning(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """intra-op threads x spinning per worker count, then the batch window (16 clients)."""
     configs = [
-        LabelwatchConfig(workers=workers, intra_op_threads=intra, no_spinning=not spinning)
+        LabelwatchConfig(workers=workers, intra_op_threads=intra, spinning=spinning)
         for workers in plan.tuning_workers
         for intra in plan.tuning_intra
         for spinning in plan.tuning_spinning
     ]
-    # the flag outbox's fsync is on the batcher's path: its other mode, default threads,
-    # with spin-waiting on (the default) and off
+    # the flag outbox's other durability mode (an fsync per group commit), default threads,
+    # with spin-waiting on and off (the default)
     configs += [
-        LabelwatchConfig(outbox_sync=sync, no_spinning=not spinning)
+        LabelwatchConfig(outbox_sync=sync, spinning=spinning)
         for sync in plan.outbox_syncs
         for spinning in (True, False)
     ]
@@ -420,8 +420,8 @@ def section_tuning(
         entry: dict[str, Any] = {
             "workers": config.workers,
             "intra_op_threads": config.intra_op_threads,
-            "spinning": not config.no_spinning,
-            "outbox_sync": config.outbox_sync or "full",
+            "spinning": config.spinning,
+            "outbox_sync": config.outbox_sync or "normal",
         }
         with LabelwatchServer(model, config, work / "tune") as server:
             for name, (mode, batch, clients) in TUNING_CELLS:

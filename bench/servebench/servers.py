@@ -48,7 +48,7 @@ class LabelwatchConfig:
 
     workers: int = 1
     intra_op_threads: int | None = None
-    no_spinning: bool = False
+    spinning: bool = False  # labelwatch's default: off
     batch_window_ms: float | None = None
     outbox_sync: str | None = None
     extra: tuple[str, ...] = ()
@@ -58,8 +58,8 @@ class LabelwatchConfig:
         out = [*LABELWATCH_CAPACITY_FLAGS, "--workers", str(self.workers)]
         if self.intra_op_threads is not None:
             out += ["--intra-op-threads", str(self.intra_op_threads)]
-        if self.no_spinning:
-            out.append("--ort-no-spinning")
+        if self.spinning:
+            out.append("--ort-spinning")
         if self.batch_window_ms is not None:
             out += ["--batch-window-ms", str(self.batch_window_ms)]
         if self.outbox_sync is not None:
@@ -71,7 +71,7 @@ class LabelwatchConfig:
         parts = [f"w{self.workers}"]
         if self.intra_op_threads is not None:
             parts.append(f"intra{self.intra_op_threads}")
-        parts.append("nospin" if self.no_spinning else "spin")
+        parts.append("spin" if self.spinning else "nospin")
         if self.batch_window_ms is not None:
             parts.append(f"window{self.batch_window_ms:g}ms")
         if self.outbox_sync is not None:

@@ -7,6 +7,12 @@ ran (up to ``max_batch`` examples). A lone request runs at once; only when
 other requests are already waiting does the worker linger up to
 ``window_seconds`` for more, so batches grow under load without adding latency
 when idle.
+
+With a flag outbox, a second thread, the recorder, stores the flags of every
+batch computed since its last commit in one transaction (group commit) and only
+then releases the batches' callers. The model call of the next batch overlaps
+with the previous batch's commit (SQLite and onnxruntime both release the GIL),
+and a result is still never returned before its flags are stored.
 """
 
 from __future__ import annotations
@@ -43,6 +49,16 @@ class Batcher:
         self._cv = threading.Condition()
         self._closed = False
         self._worker = threading.Thread(target=self._run, name="batcher", daemon=True)
+        # computed batches waiting for the recorder: (jobs, their slices, the merged batch)
+        self._to_record: deque[tuple[list[_Job], list[ScoredBatch], ScoredBatch]] = deque()
+        self._record_cv = threading.Condition()
+        self._worker_done = False  # set under _record_cv when the worker has no more batches
+        self._recorder: threading.Thread | None = None
+        if pipeline.outbox is not None:
+            self._recorder = threading.Thread(
+                target=self._record_loop, name="recorder", daemon=True
+            )
+            self._recorder.start()
         self._worker.start()
 
     @property
@@ -76,6 +92,8 @@ class Batcher:
             self._closed = True
             self._cv.notify()
         self._worker.join()
+        if self._recorder is not None:
+            self._recorder.join()
 
     def _take(self) -> list[_Job] | None:
         """Block for the next group of jobs (None once closed and drained)."""
@@ -104,13 +122,18 @@ class Batcher:
             return taken
 
     def _run(self) -> None:
-        while (jobs := self._take()) is not None:
-            self._process(jobs)
+        try:
+            while (jobs := self._take()) is not None:
+                self._process(jobs)
+        finally:
+            with self._record_cv:
+                self._worker_done = True
+                self._record_cv.notify()
 
     def _process(self, jobs: list[_Job]) -> None:
         merged = [ex for job in jobs for ex in job.examples]
         try:
-            batch = self._pipeline.score(merged)
+            batch = self._pipeline.compute(merged)
         except BaseException as exc:  # handed to the callers' threads, never lost
             if len(jobs) == 1:
                 self._finish(jobs[0], error=exc)
@@ -119,15 +142,52 @@ class Batcher:
             # isolate: one request's failure must not fail its neighbours
             for job in jobs:
                 try:
-                    self._finish(job, result=self._pipeline.score(job.examples))
+                    alone = self._pipeline.compute(job.examples)
                 except BaseException as job_exc:
                     self._finish(job, error=job_exc)
+                else:
+                    self._record([job], [alone], alone)
             return
+        slices: list[ScoredBatch] = []
         start = 0
         for job in jobs:
             stop = start + len(job.examples)
-            self._finish(job, result=batch.slice(start, stop))
+            slices.append(batch.slice(start, stop))
             start = stop
+        self._record(jobs, slices, batch)
+
+    def _record(self, jobs: list[_Job], slices: list[ScoredBatch], batch: ScoredBatch) -> None:
+        """Record ``batch`` and release its jobs: inline, or through the recorder thread."""
+        if self._recorder is None:
+            self._commit([(jobs, slices, batch)])
+            return
+        with self._record_cv:
+            self._to_record.append((jobs, slices, batch))
+            self._record_cv.notify()
+
+    def _record_loop(self) -> None:
+        while True:
+            with self._record_cv:
+                while not self._to_record and not self._worker_done:
+                    self._record_cv.wait()
+                if not self._to_record:
+                    return
+                pending = list(self._to_record)
+                self._to_record.clear()
+            self._commit(pending)
+
+    def _commit(self, pending: list[tuple[list[_Job], list[ScoredBatch], ScoredBatch]]) -> None:
+        """One outbox transaction for every pending batch, then each job gets its slice."""
+        try:
+            self._pipeline.record([batch for _, _, batch in pending])
+        except BaseException as exc:
+            for jobs, _, _ in pending:
+                for job in jobs:
+                    self._finish(job, error=exc)
+            return
+        for jobs, slices, _ in pending:
+            for job, result in zip(jobs, slices, strict=True):
+                self._finish(job, result=result)
 
     @staticmethod
     def _finish(

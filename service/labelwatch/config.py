@@ -86,16 +86,21 @@ class Settings:
         },
     )
     intra_op_threads: int = field(
-        default=0, metadata={"help": "onnxruntime intra-op threads; 0 = one per core."}
+        default=0,
+        metadata={
+            "help": "onnxruntime intra-op threads per worker; 0 = cores / --workers (at least 1), "
+            "so workers do not oversubscribe the cores."
+        },
     )
     inter_op_threads: int = field(
         default=0, metadata={"help": "onnxruntime inter-op threads; 0 = onnxruntime's default."}
     )
-    ort_no_spinning: bool = field(
+    ort_spinning: bool = field(
         default=False,
         metadata={
-            "help": "stop onnxruntime's intra-op threads from busy-waiting between runs "
-            "(saves CPU when workers share cores)."
+            "help": "let onnxruntime's intra-op threads busy-wait between runs (off by default: "
+            "on shared cores spinning threads take CPU from the gRPC threads; see "
+            "docs/performance.md)."
         },
     )
     # -- flag delivery (docs/delivery.md) --
@@ -119,10 +124,11 @@ class Settings:
         metadata={"help": "MiB of flags the outbox keeps; the oldest go first; 0 = no limit."},
     )
     outbox_sync: str = field(
-        default="full",
+        default="normal",
         metadata={
-            "help": "SQLite synchronous mode: full (a stored batch survives power loss) or "
-            "normal (survives a process crash; faster).",
+            "help": "SQLite synchronous mode of the outbox (WAL): normal (a stored flag survives "
+            "any crash of the process, kill -9 included; the last commits may be lost if the "
+            "host loses power) or full (an fsync per group commit: survives power loss too).",
             "choices": OUTBOX_SYNC_MODES,
         },
     )

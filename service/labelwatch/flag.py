@@ -8,6 +8,7 @@ schema, ``"schema": "labelwatch.flag/v1"``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -81,7 +82,6 @@ class Flag:
 
     def to_dict(self) -> dict[str, Any]:
         """The documented JSON object (``docs/delivery.md``)."""
-        flagged = datetime.fromtimestamp(self.flagged_at, tz=timezone.utc)
         return {
             "schema": SCHEMA,
             "flag_id": self.flag_id,
@@ -105,7 +105,7 @@ class Flag:
             "metadata": dict(self.metadata),
             "text": self.text,
             "input_kind": self.input_kind,
-            "flagged_at": flagged.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "flagged_at": _iso_utc(self.flagged_at),
             "flagged_at_unix": self.flagged_at,
         }
 
@@ -147,6 +147,13 @@ class Flag:
     def from_json(cls, text: str) -> Flag:
         """Parse :meth:`to_json` output."""
         return cls.from_dict(json.loads(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _iso_utc(unix_seconds: float) -> str:
+    """``2026-11-29T08:48:13.123Z``; cached, since every flag of a batch shares its time."""
+    moment = datetime.fromtimestamp(unix_seconds, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _input_kind(batch: ScoredBatch, i: int) -> str:

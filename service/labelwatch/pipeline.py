@@ -17,6 +17,11 @@ from labelwatch.model import OnnxModel
 from labelwatch.outbox import Outbox, OutboxError
 from labelwatch.scoring import FilterBy, decide
 
+MODEL_CALL_ROWS = 256
+"""Most rows in one onnxruntime call: a merged batch of up to ``--max-batch`` examples runs
+in slices of this size, which bounds the model's intermediate tensors (a TF-IDF graph holds
+several dense ``(rows, n_features)`` float32 tensors) at no cost in throughput."""
+
 
 def check_model_matches_artifact(model: OnnxModel, artifact: CalibrationArtifact) -> None:
     """Refuse a model/artifact pair that was not calibrated together.
@@ -91,18 +96,26 @@ class Pipeline:
         if need_model:
             if self.model is None:  # converters reject this earlier; defensive
                 raise ModelFailure("no model is loaded")
-            batch: list[str] | NDArray[np.float32]
-            if self.spec.input_kind is InputKind.TEXT:
-                batch = [examples[i].text or "" for i in need_model]
-            else:
-                batch = np.stack([examples[i].features for i in need_model])  # type: ignore[misc]
             started = time.perf_counter()
-            probs[need_model] = self.model.predict(batch)
+            for lo in range(0, len(need_model), MODEL_CALL_ROWS):
+                rows = need_model[lo : lo + MODEL_CALL_ROWS]
+                batch: list[str] | NDArray[np.float32]
+                if self.spec.input_kind is InputKind.TEXT:
+                    batch = [examples[i].text or "" for i in rows]
+                else:
+                    batch = np.stack([examples[i].features for i in rows])  # type: ignore[misc]
+                probs[rows] = self.model.predict(batch)
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
         return probs
 
     def score(self, examples: Sequence[LabeledExample]) -> ScoredBatch:
-        """Score ``examples`` (already validated against :attr:`spec`)."""
+        """Score ``examples`` (already validated against :attr:`spec`) and record the batch."""
+        batch = self.compute(examples)
+        self.record([batch])
+        return batch
+
+    def compute(self, examples: Sequence[LabeledExample]) -> ScoredBatch:
+        """Model call and scoring only: nothing is stored or counted yet (see :meth:`record`)."""
         k = self.spec.n_classes
         probs = self._probabilities(examples)
         labels = (
@@ -113,7 +126,7 @@ class Pipeline:
         started = time.perf_counter()
         decision = decide(self.artifact.fit, probs, labels, self.filter_by)
         self.metrics.scoring_seconds.observe(time.perf_counter() - started)
-        batch = ScoredBatch(
+        return ScoredBatch(
             examples=tuple(examples),
             probabilities=probs,
             labels=labels,
@@ -123,21 +136,21 @@ class Pipeline:
             t1=self.artifact.fit.thresholds.t1,
             model_version=self.model_version,
         )
-        if self.outbox is not None:
-            self._record_flags(batch)
-        self.metrics.record_batch(batch, self.artifact.class_names)
-        return batch
 
-    def _record_flags(self, batch: ScoredBatch) -> None:
-        """Store the batch's flags in the outbox; raise :class:`OutboxUnavailable` if not."""
-        assert self.outbox is not None
-        flags = flags_from_batch(batch, self.spec.class_names)
-        if not flags:
-            return
-        try:
-            self.outbox.write(flags)
-        except OutboxError as exc:
-            raise OutboxUnavailable(
-                "the server cannot record flags right now (its flag outbox is not writable), "
-                "so it returns no scores; retry later or on another replica"
-            ) from exc
+    def record(self, batches: Sequence[ScoredBatch]) -> None:
+        """Store the flags of ``batches`` in the outbox (one transaction), then count them.
+
+        Raises :class:`OutboxUnavailable` (nothing stored, nothing counted) when the
+        outbox cannot be written; the batches' results must then not be returned.
+        """
+        if self.outbox is not None:
+            flags = [f for b in batches for f in flags_from_batch(b, self.spec.class_names)]
+            try:
+                self.outbox.write(flags)
+            except OutboxError as exc:
+                raise OutboxUnavailable(
+                    "the server cannot record flags right now (its flag outbox is not "
+                    "writable), so it returns no scores; retry later or on another replica"
+                ) from exc
+        for batch in batches:
+            self.metrics.record_batch(batch, self.artifact.class_names)

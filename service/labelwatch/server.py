@@ -62,6 +62,14 @@ def with_default_model(settings: Settings) -> Settings:
     )
 
 
+def intra_op_threads_per_worker(requested: int, workers: int) -> int:
+    """onnxruntime intra-op threads for one worker: ``requested``, or cores / workers if 0."""
+    if requested > 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, workers))
+
+
 def load_pipeline(
     settings: Settings, metrics: Metrics, *, outbox: Outbox | None = None
 ) -> Pipeline:
@@ -83,9 +91,9 @@ def load_pipeline(
             output_name=settings.model_output,
             outputs_logits=settings.model_outputs_logits,
             settings=SessionSettings(
-                settings.intra_op_threads,
+                intra_op_threads_per_worker(settings.intra_op_threads, settings.workers),
                 settings.inter_op_threads,
-                allow_spinning=not settings.ort_no_spinning,
+                allow_spinning=settings.ort_spinning,
             ),
         )
     try:
