@@ -8,10 +8,15 @@ would, and Label Studio's own webhooks bring them to labelwatch.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
+import doctest
+import importlib.util
 import io
 import json
 import os
+import sys
 import tempfile
 import time
 import urllib.error
@@ -21,19 +26,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
 import support_delivery
 from labelwatch.cli import main
 from labelwatch.errors import StartupError
+from labelwatch.labelstudio import http as ls_http
+from labelwatch.labelstudio import metrics as ls_metrics
+from labelwatch.labelstudio import writeback as ls_writeback
+from labelwatch.labelstudio.client import LabelStudioClient
 from labelwatch.labelstudio.http import SECRET_HEADER
 from labelwatch.labelstudio.webhook import ProjectMapping, load_mappings, parse_event
+from labelwatch.labelstudio.writeback import TaskWriter
+from labelwatch.labelstudio.writequeue import WriteBack, WriteBackQueue
+from labelwatch.outbox import Outbox
 from labelwatch.server import RunningServer
+from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
+from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
 from support_delivery import LabelStudio, free_port, label_studio, wait_until
-from support_server import running_server
+from support_server import running_server, target_of
 
 SECRET = "labelwatch-test-webhook-secret-0123456789"
+ML_AUTH = {"Authorization": "Basic " + base64.b64encode(f"labelwatch:{SECRET}".encode()).decode()}
 GNOME = "GNOME desktop image viewer for photos written in C with GTK"
 NETWORK = "command-line utility to manage network interfaces and firewall rules"
 PYTHON = "Python 3 library for parsing and validating JSON documents"
@@ -76,22 +92,28 @@ def _post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[i
         return exc.code, json.loads(exc.read() or b"null")
 
 
+def _ls_server_settings(ls: LabelStudio, tmp: Path) -> dict[str, Any]:
+    """Settings of a labelwatch with webhooks, ML backend and write-back to ``ls``."""
+    secret_file = tmp / "secret"
+    secret_file.write_text(SECRET)
+    token_file = tmp / "token"
+    token_file.write_text(ls.token)
+    return {
+        "http_port": free_port(),
+        "ls_webhook_secret_file": secret_file,
+        "ls_writeback_url": ls.url,
+        "label_studio_token_file": token_file,
+        "sink_retry_initial_seconds": 0.5,
+        "sink_retry_max_seconds": 2.0,
+    }
+
+
 @pytest.fixture(scope="module")
 def setup() -> Iterator[Setup]:
     ls = _ls_with_local_calls()
     with tempfile.TemporaryDirectory(prefix="labelwatch-ls-live-") as tmp:
         secret_file = Path(tmp) / "secret"
-        secret_file.write_text(SECRET)
-        token_file = Path(tmp) / "token"
-        token_file.write_text(ls.token)
-        with running_server(
-            http_port=free_port(),
-            ls_webhook_secret_file=secret_file,
-            ls_writeback_url=ls.url,
-            label_studio_token_file=token_file,
-            sink_retry_initial_seconds=0.5,
-            sink_retry_max_seconds=2.0,
-        ) as server:
+        with running_server(**_ls_server_settings(ls, Path(tmp))) as server:
             assert server.label_studio_http is not None
             http = f"http://127.0.0.1:{server.label_studio_http.port}"
             out_file = Path(tmp) / "connect.out"
@@ -127,11 +149,17 @@ def _choices(tags: list[str]) -> list[dict[str, Any]]:
 
 
 def _model_tags(server: RunningServer, text: str) -> tuple[list[str], np.ndarray]:
-    model = server.pipeline.model
-    assert model is not None
-    row = model.predict([text])[0]
-    names = server.pipeline.spec.class_names
-    return [names[k] for k in np.flatnonzero(row >= 0.5)], row
+    """The tags the gRPC API suggests for ``text`` given no tags, and the probabilities."""
+    with grpc.insecure_channel(target_of(server)) as channel:
+        request = pb.ScoreRequest(
+            examples=[pb.Example(id="suggest", text=text)], include_probabilities=True
+        )
+        [result] = pb_grpc.LabelQualityStub(channel).Score(request, timeout=30).results
+    return list(result.suggested_labels), np.array(result.probabilities)
+
+
+def _registry_value(server: RunningServer, name: str, **labels: str) -> float:
+    return server.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 def _import(ls: LabelStudio, project_id: int, texts: list[str]) -> list[int]:
@@ -149,6 +177,7 @@ def test_connect_registers_webhook_and_ml_backend_and_is_idempotent(setup: Setup
     assert set(mine[0]["actions"]) == {"ANNOTATION_CREATED", "ANNOTATION_UPDATED"}
     ml = setup.ls.request("GET", f"/api/ml/?project={setup.project_id}")
     assert [b["url"].rstrip("/") for b in ml] == [setup.http]
+    assert ml[0]["auth_method"] == "BASIC_AUTH" and ml[0]["basic_auth_user"] == "labelwatch"
     # again, on the existing project: updated, not duplicated
     secret_file = Path(tempfile.mkdtemp()) / "s"
     secret_file.write_text(SECRET)
@@ -208,14 +237,29 @@ def test_submitted_annotations_are_scored_and_written_back(setup: Setup) -> None
     third_preds = ls.request("GET", f"/api/predictions/?task={task_ids[2]}")
     assert [p for p in third_preds if p["mislabeling"] > 0] == []
     # Label Studio itself asked the connected ML backend (/predict) for a pre-annotation
+    # (with Basic auth: /predict refuses requests without the secret)
     pre = [p for p in third_preds if p["model_version"] == version]
     assert pre and "uitoolkit::gtk" in pre[0]["result"][0]["value"]["choices"]
+    assert sorted(pre[0]["result"][0]["value"]["choices"]) == sorted(tags)  # = gRPC's suggestion
     # the flags also went to the outbox, with the Label Studio ids as metadata
     assert server.delivery is not None
     flags = server.delivery.outbox.flags(limit=1000)
     ours_flags = [f for f in flags if f.metadata.get("ls_task") in {str(t) for t in task_ids}]
     assert {f.metadata["ls_task"] for f in ours_flags} == {str(task_ids[0]), str(task_ids[1])}
     assert all(f.text == GNOME or f.text.startswith(GNOME) for f in ours_flags)
+    # the HTTP port's metrics saw it all
+    assert (
+        _registry_value(server, "labelwatch_http_requests_total", path="/webhook", status="202")
+        >= 3
+    )
+    assert (
+        _registry_value(server, "labelwatch_http_requests_total", path="/predict", status="200")
+        >= 1
+    )
+    assert _registry_value(server, "labelwatch_ls_annotations_total", outcome="scored") >= 3
+    assert _registry_value(server, "labelwatch_ls_annotation_processing_seconds_count") >= 3
+    assert _registry_value(server, "labelwatch_ls_writebacks_total", outcome="written") >= 3
+    assert server.metrics.registry.get_sample_value("labelwatch_ls_queue_depth") == 0
 
 
 def test_updated_annotation_is_rescored_without_a_duplicate_prediction(setup: Setup) -> None:
@@ -244,17 +288,40 @@ def test_updated_annotation_is_rescored_without_a_duplicate_prediction(setup: Se
         timeout=30,
         interval=0.5,
     )
+    # the suggestion made for the first version no longer applies: it is removed
     preds = ls.request("GET", f"/api/predictions/?task={task_id}")
-    assert len([p for p in preds if p["mislabeling"] > 0]) == 1
+    assert [p for p in preds if p["mislabeling"] > 0] == []
+    data = ls.request("GET", f"/api/tasks/{task_id}")["data"]
+    assert list(data["labelwatch_annotations"]) == [str(ann["id"])]
 
 
 def test_webhook_with_a_bad_or_missing_secret_is_refused(setup: Setup) -> None:
     body = {"action": "ANNOTATION_CREATED", "annotation": {}, "task": {}}
+    refused = _registry_value(
+        setup.server, "labelwatch_http_requests_total", path="/webhook", status="401"
+    )
     assert _post(setup.http + "/webhook", body, {SECRET_HEADER: "wrong"})[0] == 401
     assert _post(setup.http + "/webhook", body, {SECRET_HEADER: SECRET[:-1]})[0] == 401
     assert _post(setup.http + "/webhook", body)[0] == 401
     status, answer = _post(setup.http + "/webhook", body, {SECRET_HEADER: SECRET})
     assert status == 400 and "data" in answer["error"]
+    assert (
+        _registry_value(
+            setup.server, "labelwatch_http_requests_total", path="/webhook", status="401"
+        )
+        == refused + 3
+    )
+
+
+def test_ml_backend_needs_the_secret_as_basic_auth_password(setup: Setup) -> None:
+    body = {"tasks": [{"id": 1, "data": {"text": GNOME}}]}
+    assert _post(setup.http + "/predict", body)[0] == 401
+    wrong = base64.b64encode(b"labelwatch:not-the-secret").decode()
+    assert _post(setup.http + "/predict", body, {"Authorization": f"Basic {wrong}"})[0] == 401
+    assert _post(setup.http + "/setup", {}, {"Authorization": "Bearer " + SECRET})[0] == 401
+    assert _post(setup.http + "/predict", body, ML_AUTH)[0] == 200
+    with urllib.request.urlopen(setup.http + "/health", timeout=10) as response:
+        assert response.status == 200  # health stays open for probes
 
 
 def test_ml_backend_predicts_in_the_labeling_config_format(setup: Setup) -> None:
@@ -263,13 +330,16 @@ def test_ml_backend_predicts_in_the_labeling_config_format(setup: Setup) -> None
     project = setup.ls.request("GET", f"/api/projects/{setup.project_id}")
     version = setup.server.pipeline.model_version
     status, setup_answer = _post(
-        setup.http + "/setup", {"project": str(setup.project_id), "schema": project["label_config"]}
+        setup.http + "/setup",
+        {"project": str(setup.project_id), "schema": project["label_config"]},
+        ML_AUTH,
     )
     assert status == 200 and setup_answer == {"model_version": version}
     tasks = [{"id": 1, "data": {"text": GNOME}}, {"id": 2, "data": {"text": PYTHON}}]
     status, answer = _post(
         setup.http + "/predict",
         {"tasks": tasks, "label_config": project["label_config"], "project": "1.0"},
+        ML_AUTH,
     )
     assert status == 200
     assert len(answer["results"]) == 2
@@ -279,8 +349,13 @@ def test_ml_backend_predicts_in_the_labeling_config_format(setup: Setup) -> None
     assert (region["from_name"], region["to_name"], region["type"]) == ("labels", "text", "choices")
     assert "uitoolkit::gtk" in region["value"]["choices"]
     assert "implemented-in::python" in answer["results"][1]["result"][0]["value"]["choices"]
-    assert 0.5 <= gnome["score"] <= 1.0
-    assert _post(setup.http + "/predict", {"tasks": [{"id": 1, "data": {}}]})[0] == 400
+    # the calibrated decision: exactly the gRPC API's suggested_labels for an untagged example
+    for text, result in zip([GNOME, PYTHON], answer["results"], strict=True):
+        assert sorted(result["result"][0]["value"]["choices"]) == sorted(
+            _model_tags(setup.server, text)[0]
+        )
+    assert 0.5 <= gnome["score"] <= 1.0  # label quality of the suggested tags
+    assert _post(setup.http + "/predict", {"tasks": [{"id": 1, "data": {}}]}, ML_AUTH)[0] == 400
 
 
 def test_parse_event_ignores_other_actions_and_collects_tags() -> None:
@@ -312,35 +387,135 @@ def test_parse_event_ignores_other_actions_and_collects_tags() -> None:
     assert (event.project_id, event.task_id, event.to_name) == (7, 3, "t")
 
 
-def test_write_back_waits_for_label_studio_to_return(setup: Setup) -> None:
-    """Label Studio stopped during write-back: the results arrive after it returns."""
-    ls, server = setup.ls, setup.server
-    [task_id] = _import(ls, setup.project_id, [PYTHON])
+def _webhook_payload(ls: LabelStudio, project_id: int, task_id: int, tags: list[str]) -> Any:
+    """What Label Studio posts for a new annotation of ``task_id`` (read while it is up)."""
     task = ls.request("GET", f"/api/tasks/{task_id}")
-    ls.stop()
-    try:
-        payload = {
-            "action": "ANNOTATION_CREATED",
-            "project": {"id": setup.project_id},
-            "task": {"id": task_id, "data": task["data"], "project": setup.project_id},
-            "annotation": {"id": 999_000 + task_id, "completed_by": 1, "result": _choices([])},
-        }
-        status, _ = _post(setup.http + "/webhook", payload, {SECRET_HEADER: SECRET})
-        assert status == 202
-        assert server.label_studio_http is not None
-        processor = server.label_studio_http.processor
-        wait_until(lambda: processor.pending_writes == 1, what="a pending write-back", timeout=15)
-    finally:
-        ls.start(120)
-    wait_until(
-        lambda: "labelwatch_score" in ls.request("GET", f"/api/tasks/{task_id}")["data"],
-        what="write-back after Label Studio returned",
-        timeout=30,
-        interval=0.5,
+    return {
+        "action": "ANNOTATION_CREATED",
+        "project": {"id": project_id},
+        "task": {"id": task_id, "data": task["data"], "project": project_id},
+        "annotation": {
+            "id": 900_000 + task_id,
+            "completed_by": 1,
+            "updated_at": "2026-01-01T00:00:00.000000Z",
+            "result": _choices(tags),
+        },
+    }
+
+
+def test_write_back_survives_label_studio_down_and_a_labelwatch_restart(setup: Setup) -> None:
+    """Label Studio stopped during write-back: the results arrive after it returns, even
+    though the labelwatch that scored them was restarted in between (the queue is durable).
+    """
+    ls = setup.ls
+    flagged_id, clean_id = _import(ls, setup.project_id, [PYTHON, NETWORK])
+    clean_tags, _ = _model_tags(setup.server, NETWORK)
+    payloads = [
+        _webhook_payload(ls, setup.project_id, flagged_id, []),  # no tags: missing ones
+        _webhook_payload(ls, setup.project_id, clean_id, clean_tags),
+    ]
+    with tempfile.TemporaryDirectory(prefix="labelwatch-ls-restart-") as tmp:
+        settings = _ls_server_settings(ls, Path(tmp))
+        settings["data_dir"] = Path(tmp) / "data"
+        ls.stop()
+        try:
+            with running_server(**settings) as first:
+                assert first.label_studio_http is not None
+                http = f"http://127.0.0.1:{first.label_studio_http.port}"
+                for payload in payloads:
+                    status, _ = _post(http + "/webhook", payload, {SECRET_HEADER: SECRET})
+                    assert status == 202
+                wait_until(
+                    lambda: (
+                        _registry_value(first, "labelwatch_ls_writebacks_total", outcome="retry")
+                        >= 1
+                        and _registry_value(first, "labelwatch_ls_writeback_pending") == 2
+                    ),
+                    what="two write-backs waiting for Label Studio",
+                    timeout=30,
+                )
+            # labelwatch is gone; the writes wait in its outbox file
+            outbox = Outbox(settings["data_dir"] / "outbox.sqlite3", create=False)
+            try:
+                assert WriteBackQueue(outbox).pending()[0] == 2
+            finally:
+                outbox.close()
+        finally:
+            ls.start(120)
+        settings["http_port"] = free_port()
+        with running_server(**settings) as second:
+
+            def data(task_id: int) -> dict[str, Any]:
+                task: dict[str, Any] = ls.request("GET", f"/api/tasks/{task_id}")
+                return dict(task["data"])
+
+            wait_until(
+                lambda: all("labelwatch_score" in data(t) for t in (flagged_id, clean_id)),
+                what="both write-backs after Label Studio and labelwatch returned",
+                timeout=60,
+                interval=0.5,
+            )
+            wait_until(
+                lambda: _registry_value(second, "labelwatch_ls_writeback_pending") == 0,
+                what="the write-back queue to empty",
+                timeout=30,
+            )
+        flagged, clean = data(flagged_id), data(clean_id)
+        assert flagged["labelwatch_flagged"] is True and "missing" in flagged["labelwatch_issues"]
+        assert clean["labelwatch_flagged"] is False and clean["labelwatch_score"] > 0.5
+        preds = ls.request("GET", f"/api/predictions/?task={flagged_id}")
+        assert len([p for p in preds if p["mislabeling"] > 0]) == 1
+
+
+def test_write_back_is_idempotent_per_annotation_version(setup: Setup) -> None:
+    ls, server = setup.ls, setup.server
+    [task_id] = _import(ls, setup.project_id, [PYTHON + " again"])
+    tags, _ = _model_tags(server, PYTHON)
+    write = WriteBack(
+        project_id=setup.project_id,
+        task_id=task_id,
+        annotation_id=777_000 + task_id,
+        version="2026-01-01T00:00:00Z",
+        label_quality=0.125,
+        flagged=True,
+        issues=((tags[0], "missing", 0.99),),
+        suggested=tuple(tags),
+        model_version=server.pipeline.model_version,
+        choices_name="labels",
+        to_name="text",
     )
-    done = ls.request("GET", f"/api/tasks/{task_id}")
-    assert done["data"]["labelwatch_flagged"] is True  # no tags at all: missing ones flagged
-    assert processor.pending_writes == 0
+    writer = TaskWriter(LabelStudioClient(ls.url, ls.token))
+
+    def state() -> tuple[dict[str, Any], list[Any]]:
+        task = ls.request("GET", f"/api/tasks/{task_id}")
+        preds = ls.request("GET", f"/api/predictions/?task={task_id}")
+        ours = sorted(
+            (p["id"], p["score"], json.dumps(p["result"])) for p in preds if p["mislabeling"] > 0
+        )
+        return task["data"], ours
+
+    writer(write)
+    once = state()
+    writer(write)
+    writer(write)
+    assert state() == once  # same data, the same single prediction (same id)
+    assert len(once[1]) == 1 and once[0]["labelwatch_score"] == 0.125
+    # a second annotator's better annotation: the task keeps the worst one's score and prediction
+    other = dataclasses.replace(
+        write, annotation_id=write.annotation_id + 1, label_quality=0.9, flagged=False, issues=()
+    )
+    writer(other)
+    data, preds = state()
+    assert data["labelwatch_score"] == 0.125 and data["labelwatch_flagged"] is True
+    assert preds == once[1]
+    # the first annotation corrected (a new version): no flag left, no prediction left
+    fixed = dataclasses.replace(
+        write, version="2026-01-02T00:00:00Z", label_quality=0.8, flagged=False, issues=()
+    )
+    writer(fixed)
+    data, preds = state()
+    assert data["labelwatch_score"] == 0.8 and data["labelwatch_flagged"] is False
+    assert preds == []
 
 
 def test_per_project_mapping_file_picks_text_key_and_choices(tmp_path: Path) -> None:
@@ -370,3 +545,45 @@ def test_unreadable_mapping_file_stops_start_up(tmp_path: Path) -> None:
         running_server(http_port=free_port(), ls_projects=tmp_path / "bad.json"),
     ):
         pass
+
+
+def _screenshot_script() -> Any:
+    path = Path(__file__).resolve().parent.parent / "scripts" / "screenshot_label_studio.py"
+    spec = importlib.util.spec_from_file_location("screenshot_label_studio", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_screenshot_script_seeds_annotations_and_sorts_the_data_manager_by_score(
+    setup: Setup,
+) -> None:
+    """Everything scripts/screenshot_label_studio.py does but the browser."""
+    script = _screenshot_script()
+    ls = script.Ls(setup.ls.url, setup.ls.token)
+    examples = script.EXAMPLES[:4]
+    task_ids = script.seed(ls, setup.project_id, setup.http, SECRET, examples)
+    view_id = script.sorted_view(ls, setup.project_id, "worst first (test)")
+    query = f"/api/tasks?view={view_id}&project={setup.project_id}&page_size=200&fields=all"
+    listed = setup.ls.request("GET", query)["tasks"]
+    scores = [t["data"]["labelwatch_score"] for t in listed if "labelwatch_score" in t["data"]]
+    assert scores == sorted(scores)  # the tab shows the worst annotations first
+    seeded = {t["id"]: t["data"] for t in listed if t["id"] in task_ids}
+    assert len(seeded) == len(examples)
+    for task_id, (_, mistake) in zip(task_ids, examples, strict=True):
+        assert seeded[task_id]["labelwatch_flagged"] is (mistake != "ok"), (mistake, seeded)
+
+
+@pytest.mark.parametrize(
+    "module", [ls_http, ls_metrics, ls_writeback], ids=lambda m: m.__name__.rsplit(".")[-1]
+)
+def test_docstring_examples_run(module: object) -> None:
+    result = doctest.testmod(module)  # type: ignore[arg-type]
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_screenshot_script_docstring_examples_run() -> None:
+    result = doctest.testmod(_screenshot_script())
+    assert result.attempted > 0 and result.failed == 0

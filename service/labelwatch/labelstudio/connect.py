@@ -12,7 +12,7 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from labelwatch.labelstudio.client import LabelStudioClient
-from labelwatch.labelstudio.http import SECRET_HEADER
+from labelwatch.labelstudio.http import BASIC_AUTH_USER, SECRET_HEADER
 from labelwatch.labelstudio.webhook import ANNOTATION_ACTIONS, ProjectMapping
 
 
@@ -96,17 +96,34 @@ def connect(
     else:
         webhook_id = int(client.request("POST", "/api/webhooks/", hook)["id"])
         done.append(f"registered webhook {webhook_id} -> {hook_url} ({', '.join(actions)})")
+    # Label Studio sends these as HTTP Basic auth on /setup and /predict, which check them
+    auth = {
+        "auth_method": "BASIC_AUTH",
+        "basic_auth_user": BASIC_AUTH_USER,
+        "basic_auth_pass": secret,
+    }
     backends = _rows(client.request("GET", f"/api/ml/?project={project_id}"))
     mine = [b for b in backends if str(b.get("url", "")).rstrip("/") == base]
     if mine:
         ml_id = int(mine[0]["id"])
-        done.append(f"ML backend {ml_id} already points at {base}")
+        # Label Studio 1.23 answers 500 to a PATCH without "project"
+        client.request("PATCH", f"/api/ml/{ml_id}", {"url": base, "project": project_id, **auth})
+        done.append(f"updated ML backend {ml_id} -> {base} (basic auth with the secret)")
     else:
         ml = client.request(
             "POST",
             "/api/ml/",
-            {"url": base, "project": project_id, "title": "labelwatch", "is_interactive": False},
+            {
+                "url": base,
+                "project": project_id,
+                "title": "labelwatch",
+                "is_interactive": False,
+                **auth,
+            },
         )
         ml_id = int(ml["id"])
-        done.append(f"connected ML backend {ml_id} -> {base} (pre-annotation via /predict)")
+        done.append(
+            f"connected ML backend {ml_id} -> {base} (pre-annotation via /predict, "
+            "basic auth with the secret)"
+        )
     return Connection(project_id, webhook_id, ml_id, tuple(done))

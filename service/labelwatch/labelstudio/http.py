@@ -3,16 +3,25 @@
 Routes: ``POST /webhook`` (header ``X-Labelwatch-Secret``, compared in constant
 time; 401 otherwise), ``GET /health`` and ``GET /``, ``POST /setup``, ``POST
 /predict``. Answers are JSON. A webhook is parsed, queued and answered at once
-(202); scoring happens on the processor's worker.
+(202); scoring happens on the processor's worker, and write-backs go through the
+durable queue of :mod:`labelwatch.labelstudio.writequeue`.
+
+With a secret configured, ``/setup`` and ``/predict`` also need it, as the
+password of HTTP Basic auth (any user name): Label Studio sends it when the ML
+backend is connected with "Basic Auth" (``labelwatch label-studio connect`` does
+that). ``/health`` stays open: it only tells the model version.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,6 +31,7 @@ from labelwatch.delivery import read_secret
 from labelwatch.domain import LabeledExample, ScoredBatch
 from labelwatch.errors import StartupError
 from labelwatch.labelstudio.client import LabelStudioClient
+from labelwatch.labelstudio.metrics import LabelStudioMetrics
 from labelwatch.labelstudio.ml_backend import MlBackend
 from labelwatch.labelstudio.processor import AnnotationProcessor
 from labelwatch.labelstudio.webhook import (
@@ -32,12 +42,32 @@ from labelwatch.labelstudio.webhook import (
     parse_event,
 )
 from labelwatch.labelstudio.writeback import TaskWriter
+from labelwatch.labelstudio.writequeue import WriteBackQueue, WriteBackWorker
 from labelwatch.pipeline import Pipeline
+from labelwatch.sinks.base import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Labelwatch-Secret"
 MAX_BODY_BYTES = 8 * 1024 * 1024
+BASIC_AUTH_USER = "labelwatch"
+"""The user name ``connect`` gives Label Studio for the ML backend (any name is accepted)."""
+
+
+def basic_password(header: str | None) -> str | None:
+    """The password of an ``Authorization: Basic ...`` header, or None.
+
+    >>> basic_password("Basic " + base64.b64encode(b"labelwatch:s3cret").decode())
+    's3cret'
+    """
+    if not header or header[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, sep, password = decoded.partition(":")
+    return password if sep else None
 
 
 class LabelStudioHttp:
@@ -53,6 +83,8 @@ class LabelStudioHttp:
         class_names: tuple[str, ...],
         processor: AnnotationProcessor,
         ml_backend: MlBackend,
+        metrics: LabelStudioMetrics,
+        writer: WriteBackWorker | None = None,
         reuse_port: bool = False,
     ) -> None:
         self._secret = secret.encode("utf-8") if secret else None
@@ -60,11 +92,20 @@ class LabelStudioHttp:
         self._class_names = class_names
         self.processor = processor
         self.ml_backend = ml_backend
+        self.metrics = metrics
+        self.writer = writer
+        metrics.track_queue(lambda: processor.depth)
         app = self
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "labelwatch"
             protocol_version = "HTTP/1.1"
+
+            started = 0.0
+
+            def parse_request(self) -> bool:
+                self.started = time.perf_counter()
+                return super().parse_request()
 
             def do_GET(self) -> None:
                 if self.path.split("?")[0] in ("/", "/health"):
@@ -74,13 +115,29 @@ class LabelStudioHttp:
 
             def do_POST(self) -> None:
                 route = self.path.split("?")[0].rstrip("/")
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY_BYTES:
-                    self._answer(413, {"error": f"body over {MAX_BODY_BYTES} bytes"})
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if not 0 <= length <= MAX_BODY_BYTES:
+                    self.close_connection = True
+                    self._answer(413, {"error": f"need a Content-Length up to {MAX_BODY_BYTES}"})
                     return
                 raw = self.rfile.read(length)
                 if route == "/webhook" and not app.authorized(self.headers.get(SECRET_HEADER)):
                     self._answer(401, {"error": f"missing or wrong {SECRET_HEADER} header"})
+                    return
+                if route in ("/predict", "/setup") and not app.ml_authorized(
+                    self.headers.get("Authorization")
+                ):
+                    self._answer(
+                        401,
+                        {
+                            "error": "this ML backend needs HTTP Basic auth with the shared secret "
+                            "as password (labelwatch label-studio connect sets it up)"
+                        },
+                        {"WWW-Authenticate": 'Basic realm="labelwatch"'},
+                    )
                     return
                 try:
                     body = json.loads(raw or b"{}")
@@ -102,13 +159,18 @@ class LabelStudioHttp:
                     status, answer = 400, {"error": str(exc)}
                 self._answer(status, answer)
 
-            def _answer(self, status: int, body: dict[str, Any]) -> None:
+            def _answer(
+                self, status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+            ) -> None:
                 raw = json.dumps(body).encode("utf-8")
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(raw)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(raw)
+                app.metrics.observe_request(self.path, status, time.perf_counter() - self.started)
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("event=http_request %s", format % args)
@@ -134,6 +196,15 @@ class LabelStudioHttp:
             return False
         return hmac.compare_digest(given.encode("utf-8"), self._secret)
 
+    def ml_authorized(self, authorization: str | None) -> bool:
+        """Whether a ``/setup`` or ``/predict`` request may pass (always, without a secret)."""
+        if self._secret is None:
+            return True
+        password = basic_password(authorization)
+        if password is None:
+            return False
+        return hmac.compare_digest(password.encode("utf-8"), self._secret)
+
     def webhook(self, body: Any) -> tuple[int, dict[str, Any]]:
         """Parse and queue one webhook: (HTTP status, JSON answer)."""
         event = parse_event(body, self._mappings, self._class_names)
@@ -147,14 +218,21 @@ class LabelStudioHttp:
         return 202, answer
 
     def start(self) -> None:
-        """Serve in a background thread."""
+        """Serve in a background thread; start writing back (leftovers of an earlier run first)."""
+        if self.writer is not None:
+            self.writer.start()
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting requests, then finish the queued annotations."""
+        """Stop accepting requests, finish the queued annotations, stop writing back.
+
+        Write-backs not done by then stay in the durable queue for the next start.
+        """
         self._httpd.shutdown()
         self._httpd.server_close()
         self.processor.close()
+        if self.writer is not None:
+            self.writer.stop(5.0)
 
 
 def from_settings(
@@ -168,7 +246,8 @@ def from_settings(
     """Build (not start) the HTTP server ``settings`` ask for (``--http-port`` non-zero).
 
     Raises :class:`StartupError` for an unreadable secret file, a write-back URL
-    without a token, or a port that cannot be bound.
+    without a token or without the outbox (which holds the write-back queue), or a
+    port that cannot be bound. Metrics go on ``pipeline.metrics.registry``.
     """
     secret: str | None
     if settings.ls_webhook_secret_file is not None or environ.get(settings.ls_webhook_secret_env):
@@ -183,7 +262,7 @@ def from_settings(
         secret = None
         log.warning(
             "event=ls_webhook_disabled reason=no_secret: set %s or --ls-webhook-secret-file; "
-            "every POST /webhook is refused with 401",
+            "every POST /webhook is refused with 401, and /setup and /predict need no auth",
             settings.ls_webhook_secret_env,
         )
     default = ProjectMapping(settings.ls_text_key, settings.ls_choices_name)
@@ -194,8 +273,14 @@ def from_settings(
         except ValueError as exc:
             raise StartupError(str(exc)) from exc
     class_names = tuple(pipeline.spec.class_names)
-    writer: TaskWriter | None = None
+    metrics = LabelStudioMetrics(pipeline.metrics.registry)
+    queue: WriteBackQueue | None = None
+    worker: WriteBackWorker | None = None
     if settings.ls_writeback_url:
+        if pipeline.outbox is None:
+            raise StartupError(
+                "--ls-writeback-url needs the outbox (it holds the write-back queue)"
+            )
         token = read_secret(
             "Label Studio token",
             settings.label_studio_token_env,
@@ -207,16 +292,33 @@ def from_settings(
             client = LabelStudioClient(settings.ls_writeback_url, token)
         except ValueError as exc:
             raise StartupError(str(exc)) from exc
-        writer = TaskWriter(client)
+        queue = WriteBackQueue(pipeline.outbox)
+        policy = RetryPolicy(
+            initial_seconds=settings.sink_retry_initial_seconds,
+            max_seconds=settings.sink_retry_max_seconds,
+        )
+        worker = WriteBackWorker(
+            queue,
+            TaskWriter(client),
+            policy=policy,
+            on_outcome=lambda outcome: metrics.writebacks.labels(outcome).inc(),
+        )
+        metrics.track_writebacks(queue)
     processor = AnnotationProcessor(
         score,
         class_names,
         max_queued=settings.ls_queue_size,
-        write_back=writer,
-        retry_initial_seconds=settings.sink_retry_initial_seconds,
-        retry_max_seconds=settings.sink_retry_max_seconds,
+        on_scored=None if queue is None else queue.put,
+        observe=metrics.observe_annotation,
     )
-    backend = MlBackend(pipeline.model, class_names, pipeline.model_version, mappings)
+    backend = MlBackend(
+        pipeline.model,
+        class_names,
+        pipeline.model_version,
+        mappings,
+        fit=pipeline.artifact.fit,
+        filter_by=pipeline.filter_by,
+    )
     try:
         return LabelStudioHttp(
             settings.host,
@@ -226,6 +328,8 @@ def from_settings(
             class_names=class_names,
             processor=processor,
             ml_backend=backend,
+            metrics=metrics,
+            writer=worker,
             reuse_port=reuse_port,
         )
     except OSError as exc:

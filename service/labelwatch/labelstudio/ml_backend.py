@@ -3,8 +3,12 @@
 ``POST /predict`` gets ``{"tasks": [{"id", "data": {...}}, ...], "label_config": "<View>...",
 "project": "ID.TIMESTAMP", "params": {...}}`` and answers ``{"results": [{"result":
 [{"from_name", "to_name", "type": "choices", "value": {"choices": [...]}}], "score",
-"model_version"}, ...], "model_version"}``: one prediction per task, in order, with the
-tags whose probability is at least 0.5 that the labeling config offers.
+"model_version"}, ...], "model_version"}``: one prediction per task, in order.
+
+The tags are the calibrated decision, the same one behind the gRPC API's
+``suggested_labels``: the task is scored as if it had no tags, and every class the
+served rule (``--filter-by``) then flags as missing is suggested (among those the
+labeling config offers). ``score`` is the label quality of that suggested tag set.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from html import unescape
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from labelwatch.domain import InputKind
 from labelwatch.labelstudio.webhook import Mappings, PayloadError
 from labelwatch.model import OnnxModel
+from labelwatch.scoring import CalibrationFit, FilterBy, decide
 
-DECISION_THRESHOLD = 0.5
 _CHOICES = re.compile(r"<Choices\b([^>]*)>(.*?)</Choices>", re.DOTALL)
 _ATTR = re.compile(r"([\w-]+)\s*=\s*(\"[^\"]*\"|'[^']*')")
 _CHOICE_VALUE = re.compile(r"<Choice\b[^>]*?\bvalue\s*=\s*(\"[^\"]*\"|'[^']*')")
@@ -39,7 +44,10 @@ def choices_control(label_config: str, name: str) -> tuple[str, str, list[str]] 
 
 
 class MlBackend:
-    """Pre-annotation with ``model`` over ``class_names``; ``model_version`` stamps predictions."""
+    """Pre-annotation with ``model`` over ``class_names``; ``model_version`` stamps predictions.
+
+    ``fit`` and ``filter_by``: the served calibration and flag rule (the decision).
+    """
 
     def __init__(
         self,
@@ -47,11 +55,28 @@ class MlBackend:
         class_names: Sequence[str],
         model_version: str,
         mappings: Mappings,
+        *,
+        fit: CalibrationFit,
+        filter_by: FilterBy,
     ) -> None:
         self._model = model
         self._class_names = tuple(class_names)
         self.model_version = model_version
         self._mappings = mappings
+        self._fit = fit
+        self._filter_by = filter_by
+
+    def suggest(
+        self, probs: NDArray[np.float64], allowed: NDArray[np.bool_]
+    ) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+        """Suggested tags ``(n, K)`` bool and their label quality ``(n,)`` for ``probs`` ``(n, K)``.
+
+        ``allowed`` ``(K,)`` bool: the classes the labeling config offers.
+        """
+        untagged = np.zeros(probs.shape, dtype=np.bool_)
+        suggested = decide(self._fit, probs, untagged, self._filter_by).suggested & allowed
+        quality = decide(self._fit, probs, suggested, self._filter_by).label_quality
+        return suggested, quality
 
     def health(self) -> dict[str, Any]:
         """The ``/health`` answer."""
@@ -77,7 +102,8 @@ class MlBackend:
         mapping = self._mappings.for_project(int(project) if project.isdigit() else None)
         control = choices_control(str(body.get("label_config") or ""), mapping.choices_name)
         name, to_name, offered = control or (mapping.choices_name, "text", [])
-        allowed = set(offered) if offered else set(self._class_names)
+        offered_set = set(offered) if offered else set(self._class_names)
+        allowed = np.array([c in offered_set for c in self._class_names], dtype=np.bool_)
         texts: list[str] = []
         for task in body["tasks"]:
             data = task.get("data") if isinstance(task, dict) else None
@@ -85,15 +111,12 @@ class MlBackend:
             if not isinstance(text, str):
                 raise PayloadError(f"a task has no text under data.{mapping.text_key}")
             texts.append(text)
-        probs = self._model.predict(texts) if texts else np.zeros((0, len(self._class_names)))
+        k = len(self._class_names)
+        probs = self._model.predict(texts) if texts else np.zeros((0, k))
+        suggested, quality = self.suggest(np.asarray(probs, dtype=np.float64), allowed)
         results = []
-        for row in probs:
-            tags = [
-                self._class_names[k]
-                for k in np.flatnonzero(row >= DECISION_THRESHOLD)
-                if self._class_names[k] in allowed
-            ]
-            chosen = [float(row[self._class_names.index(t)]) for t in tags]
+        for row, q in zip(suggested, quality, strict=True):
+            tags = [self._class_names[j] for j in np.flatnonzero(row)]
             results.append(
                 {
                     "result": [
@@ -106,7 +129,7 @@ class MlBackend:
                     ]
                     if tags
                     else [],
-                    "score": round(float(np.mean(chosen)) if chosen else 0.0, 6),
+                    "score": round(float(q), 6),
                     "model_version": self.model_version,
                 }
             )

@@ -3,8 +3,8 @@
 The HTTP handler only parses and enqueues (bounded), so Label Studio gets its
 answer at once. One worker scores each event with ``score`` (the server's
 :meth:`Batcher.score`, which also records flags in the outbox, so every sink
-and WatchFlags sees them) and hands the result to ``write_back``. A write-back
-that fails (Label Studio down) is kept and retried with backoff.
+and WatchFlags sees them) and hands the :class:`WriteBack` to ``on_scored``
+(the durable write-back queue, :mod:`labelwatch.labelstudio.writequeue`).
 """
 
 from __future__ import annotations
@@ -14,30 +14,22 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from labelwatch.domain import LabeledExample, ScoredBatch
 from labelwatch.labelstudio.webhook import AnnotationEvent
+from labelwatch.labelstudio.writequeue import WriteBack
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class AnnotationScore:
-    """What labelwatch concluded about one annotation."""
-
-    event: AnnotationEvent
-    label_quality: float  # in [0, 1]; low = likely mislabeled
-    flagged: bool
-    issues: tuple[tuple[str, str, float], ...]  # (label, "missing"/"spurious", probability)
-    suggested: tuple[str, ...]  # the tags labelwatch suggests
-    model_version: str
-
-
 def annotation_score(
     event: AnnotationEvent, batch: ScoredBatch, class_names: Sequence[str]
-) -> AnnotationScore:
-    """Row 0 of ``batch`` (scored from ``event.example``) as an :class:`AnnotationScore`."""
+) -> WriteBack:
+    """Row 0 of ``batch`` (scored from ``event.example``) as the write for its task.
+
+    ``suggested`` is the given tags with every flagged class toggled, the same as
+    ``ScoreResult.suggested_labels`` of the gRPC API.
+    """
     labels = batch.labels[0]
     flags = batch.flags[0]
     issues = tuple(
@@ -50,22 +42,28 @@ def annotation_score(
         if bool(flags[k])
     )
     suggested = tuple(class_names[k] for k in range(len(class_names)) if labels[k] ^ flags[k])
-    return AnnotationScore(
-        event=event,
+    return WriteBack(
+        project_id=event.project_id,
+        task_id=event.task_id,
+        annotation_id=event.annotation_id,
+        version=event.version,
         label_quality=float(batch.label_quality[0]),
         flagged=bool(flags.any()),
         issues=issues,
         suggested=suggested,
         model_version=batch.model_version,
+        choices_name=event.choices_name,
+        to_name=event.to_name,
     )
 
 
 class AnnotationProcessor:
-    """Bounded queue of :class:`AnnotationEvent` -> score -> optional write-back.
+    """Bounded queue of :class:`AnnotationEvent` -> score -> ``on_scored(write)``.
 
-    ``score``: examples -> :class:`ScoredBatch`; ``write_back``: raises on failure
-    (the score is then retried after ``retry_initial_seconds``, doubling up to
-    ``retry_max_seconds``).
+    ``score``: examples -> :class:`ScoredBatch`; ``on_scored`` may raise (logged:
+    the annotation is then not written back). ``observe(outcome, seconds)`` is
+    called per event with ``scored`` or ``failed`` and the seconds it took from
+    leaving the queue to being handed on (metrics).
     """
 
     def __init__(
@@ -74,19 +72,14 @@ class AnnotationProcessor:
         class_names: Sequence[str],
         *,
         max_queued: int,
-        write_back: Callable[[AnnotationScore], None] | None = None,
-        retry_initial_seconds: float = 0.5,
-        retry_max_seconds: float = 30.0,
+        on_scored: Callable[[WriteBack], None] | None = None,
+        observe: Callable[[str, float], None] = lambda outcome, seconds: None,
     ) -> None:
         self._score = score
         self._class_names = tuple(class_names)
-        self._write_back = write_back
+        self._on_scored = on_scored
+        self._observe = observe
         self._queue: queue.Queue[AnnotationEvent | None] = queue.Queue(maxsize=max_queued)
-        self._retry_initial = retry_initial_seconds
-        self._retry_max = retry_max_seconds
-        self._pending: list[tuple[float, float, AnnotationScore]] = []  # (due, delay, score)
-        self._lock = threading.Lock()
-        self.results: dict[int, AnnotationScore] = {}  # annotation id -> latest score
         self._worker = threading.Thread(target=self._run, name="ls-annotations", daemon=True)
         self._worker.start()
 
@@ -99,10 +92,9 @@ class AnnotationProcessor:
         return True
 
     @property
-    def pending_writes(self) -> int:
-        """Write-backs waiting for a retry."""
-        with self._lock:
-            return len(self._pending)
+    def depth(self) -> int:
+        """Annotations waiting to be scored."""
+        return self._queue.qsize()
 
     def close(self, timeout: float = 5.0) -> None:
         """Score what is queued (within ``timeout`` seconds), then stop the worker."""
@@ -115,70 +107,35 @@ class AnnotationProcessor:
 
     def _run(self) -> None:
         while True:
-            try:
-                event = self._queue.get(timeout=self._next_retry_in())
-            except queue.Empty:
-                self._retry_due()
-                continue
+            event = self._queue.get()
             if event is None:
                 return
-            self._process(event)
-            self._retry_due()
+            started = time.perf_counter()
+            ok = self._process(event)
+            self._observe("scored" if ok else "failed", time.perf_counter() - started)
 
-    def _next_retry_in(self) -> float:
-        with self._lock:
-            if not self._pending:
-                return 1.0
-            return max(0.0, min(due for due, _, _ in self._pending) - time.monotonic())
-
-    def _process(self, event: AnnotationEvent) -> None:
+    def _process(self, event: AnnotationEvent) -> bool:
+        ids = f"task={event.task_id} annotation={event.annotation_id}"
         try:
             batch = self._score([event.example])
-        except Exception as exc:  # logged with the ids; Label Studio already got its 200
-            log.error(
-                "event=ls_annotation_not_scored task=%d annotation=%d error=%s",
-                event.task_id,
-                event.annotation_id,
-                exc,
-            )
-            return
+        except Exception as exc:  # logged with the ids; Label Studio already got its 202
+            log.error("event=ls_annotation_not_scored %s error=%s", ids, exc)
+            return False
         result = annotation_score(event, batch, self._class_names)
-        with self._lock:
-            self.results[event.annotation_id] = result
         log.info(
-            "event=ls_annotation_scored project=%d task=%d annotation=%d label_quality=%.4f "
-            "flagged=%s unknown_tags=%d",
+            "event=ls_annotation_scored project=%d %s label_quality=%.4f flagged=%s "
+            "unknown_tags=%d",
             event.project_id,
-            event.task_id,
-            event.annotation_id,
+            ids,
             result.label_quality,
             result.flagged,
             len(event.unknown_tags),
         )
-        self._write(result, self._retry_initial)
-
-    def _write(self, result: AnnotationScore, delay: float) -> None:
-        if self._write_back is None:
-            return
+        if self._on_scored is None:
+            return True
         try:
-            self._write_back(result)
-        except Exception as exc:  # kept and retried: Label Studio may be restarting
-            log.warning(
-                "event=ls_writeback_failed task=%d annotation=%d retry_in=%.1fs error=%s",
-                result.event.task_id,
-                result.event.annotation_id,
-                delay,
-                exc,
-            )
-            with self._lock:
-                self._pending.append(
-                    (time.monotonic() + delay, min(delay * 2, self._retry_max), result)
-                )
-
-    def _retry_due(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            due = [p for p in self._pending if p[0] <= now]
-            self._pending = [p for p in self._pending if p[0] > now]
-        for _, delay, result in due:
-            self._write(result, delay)
+            self._on_scored(result)
+        except Exception as exc:  # e.g. the outbox cannot be written right now
+            log.error("event=ls_writeback_not_queued %s error=%s", ids, exc)
+            return False
+        return True

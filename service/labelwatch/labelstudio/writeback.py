@@ -1,17 +1,26 @@
 """Write an annotation's score back to its Label Studio task.
 
-* Every scored annotation: ``labelwatch_score`` (label quality, low = worst),
-  ``labelwatch_flagged``, ``labelwatch_issues`` (one line), the annotation id and
-  version are merged into the task's ``data``, where the Data Manager can show,
-  sort and filter by them (``data.labelwatch_score``).
-* A flagged annotation also gets a prediction on the task: the suggested tags,
-  ``score`` = ``mislabeling`` = 1 - label quality (Label Studio's own "mislabeling"
-  field tells these apart from pre-annotations made by ``/predict``) and
-  ``model_version`` = labelwatch's model version.
+For each :class:`~labelwatch.labelstudio.writequeue.WriteBack` the task is read,
+then its ``data`` gets:
 
-Idempotent per annotation version: the data fields are overwritten with the same
-values, and a prediction is not created when the task already has one from this
-model version with the same tags.
+* ``labelwatch_annotations``: per annotation id, the last scored version, its
+  score, whether it was flagged, its issues and suggested tags;
+* the task's summary over those annotations, where the Data Manager can show,
+  sort and filter by it: ``labelwatch_score`` (the lowest label quality, low =
+  worst), ``labelwatch_flagged`` (any flagged), ``labelwatch_issues`` (one line,
+  of the worst annotation), ``labelwatch_annotation`` and
+  ``labelwatch_annotation_version`` (the worst one) and ``labelwatch_model_version``.
+
+While an annotation of the task is flagged the task carries exactly one labelwatch
+review prediction: the worst flagged annotation's suggested tags, ``score`` =
+``mislabeling`` = 1 - its label quality (Label Studio's "mislabeling" field tells
+it apart from pre-annotations made by ``/predict``), ``model_version`` =
+labelwatch's. Other review predictions (stale ones, e.g. of an annotation since
+corrected) are deleted, and none is left when no annotation is flagged.
+
+Idempotent per annotation version: writing the same version again leaves the task
+as it was (same data, the same single prediction), so a retry after a crash or a
+redelivered webhook changes nothing.
 """
 
 from __future__ import annotations
@@ -20,15 +29,21 @@ import urllib.parse
 from typing import Any
 
 from labelwatch.labelstudio.client import LabelStudioClient
-from labelwatch.labelstudio.processor import AnnotationScore
+from labelwatch.labelstudio.writequeue import WriteBack
+
+_SCORE_TOLERANCE = 1e-6
 
 
-def issues_line(score: AnnotationScore) -> str:
-    """``missing 'x' (p=0.97), spurious 'y' (p=0.02)``, or ``""`` when not flagged."""
-    return ", ".join(f"{kind} {label!r} (p={p:.2f})" for label, kind, p in score.issues)
+def issues_line(issues: Any) -> str:
+    """``missing 'x' (p=0.97), spurious 'y' (p=0.02)``, or ``""`` for no issues.
+
+    >>> issues_line([("x", "missing", 0.971)])
+    "missing 'x' (p=0.97)"
+    """
+    return ", ".join(f"{kind} {label!r} (p={float(p):.2f})" for label, kind, p in issues)
 
 
-def choices_result(tags: tuple[str, ...], choices_name: str, to_name: str) -> list[dict[str, Any]]:
+def choices_result(tags: Any, choices_name: str, to_name: str) -> list[dict[str, Any]]:
     """A Label Studio ``result`` with one multi-label Choices region (empty for no tags)."""
     if not tags:
         return []
@@ -42,53 +57,88 @@ def choices_result(tags: tuple[str, ...], choices_name: str, to_name: str) -> li
     ]
 
 
+def _entry(write: WriteBack) -> dict[str, Any]:
+    return {
+        "version": write.version,
+        "score": round(write.label_quality, 6),
+        "flagged": write.flagged,
+        "issues": issues_line(write.issues),
+        "suggested": list(write.suggested),
+        "choices_name": write.choices_name,
+        "to_name": write.to_name,
+        "model_version": write.model_version,
+    }
+
+
+def merged_data(data: dict[str, Any], write: WriteBack) -> dict[str, Any]:
+    """The task ``data`` after ``write`` (see the module docstring); ``data`` is not changed."""
+    out = dict(data)
+    annotations = out.get("labelwatch_annotations")
+    entries = dict(annotations) if isinstance(annotations, dict) else {}
+    entries[str(write.annotation_id)] = _entry(write)
+    worst_id, worst = min(entries.items(), key=lambda kv: (float(kv[1]["score"]), kv[0]))
+    out.update(
+        {
+            "labelwatch_annotations": entries,
+            "labelwatch_score": worst["score"],
+            "labelwatch_flagged": any(bool(e.get("flagged")) for e in entries.values()),
+            "labelwatch_issues": worst["issues"],
+            "labelwatch_annotation": int(worst_id),
+            "labelwatch_annotation_version": worst["version"],
+            "labelwatch_model_version": worst["model_version"],
+        }
+    )
+    return out
+
+
+def review_prediction(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The review prediction the task should carry after :func:`merged_data`, or None."""
+    entries = data.get("labelwatch_annotations") or {}
+    flagged = [e for e in entries.values() if e.get("flagged")]
+    if not flagged:
+        return None
+    worst = min(flagged, key=lambda e: float(e["score"]))
+    mislabeling = round(1.0 - float(worst["score"]), 6)
+    return {
+        "model_version": worst["model_version"],
+        "score": mislabeling,
+        "mislabeling": max(mislabeling, _SCORE_TOLERANCE),
+        "result": choices_result(worst["suggested"], worst["choices_name"], worst["to_name"]),
+    }
+
+
+def _same(row: dict[str, Any], want: dict[str, Any]) -> bool:
+    return bool(
+        row.get("model_version") == want["model_version"]
+        and row.get("result") == want["result"]
+        and abs(float(row.get("score") or 0.0) - float(want["score"])) <= _SCORE_TOLERANCE
+    )
+
+
 class TaskWriter:
-    """Writes :class:`AnnotationScore` results to tasks through ``client``."""
+    """Writes :class:`WriteBack` results to tasks through ``client``."""
 
     def __init__(self, client: LabelStudioClient) -> None:
         self._client = client
 
-    def __call__(self, score: AnnotationScore) -> None:
-        """Write ``score``; raises :class:`LabelStudioError` if Label Studio refuses or is down."""
-        event = score.event
-        data = dict(event.task_data)
-        data.update(
-            {
-                "labelwatch_score": round(score.label_quality, 6),
-                "labelwatch_flagged": score.flagged,
-                "labelwatch_issues": issues_line(score),
-                "labelwatch_annotation": event.annotation_id,
-                "labelwatch_annotation_version": event.version,
-                "labelwatch_model_version": score.model_version,
-            }
-        )
-        self._client.request("PATCH", f"/api/tasks/{event.task_id}", {"data": data})
-        if score.flagged:
-            self._predict(score)
+    def __call__(self, write: WriteBack) -> None:
+        """Write ``write``; raises :class:`LabelStudioError` if Label Studio refuses or is down."""
+        task = self._client.request("GET", f"/api/tasks/{write.task_id}")
+        data = task.get("data") if isinstance(task, dict) else None
+        new = merged_data(data if isinstance(data, dict) else {}, write)
+        if new != data:
+            self._client.request("PATCH", f"/api/tasks/{write.task_id}", {"data": new})
+        self._reconcile(write.task_id, review_prediction(new))
 
-    def _predict(self, score: AnnotationScore) -> None:
-        event = score.event
-        result = choices_result(score.suggested, event.choices_name, event.to_name)
-        query = urllib.parse.urlencode({"task": event.task_id})
-        existing = self._client.request("GET", f"/api/predictions/?{query}")
-        rows = existing.get("results", []) if isinstance(existing, dict) else existing or []
-        for row in rows:
-            # pre-annotations from /predict share the model version but have no mislabeling
-            ours = float(row.get("mislabeling") or 0.0) > 0.0
-            if (
-                ours
-                and row.get("model_version") == score.model_version
-                and row.get("result") == result
-            ):
-                return
-        self._client.request(
-            "POST",
-            "/api/predictions/",
-            {
-                "task": event.task_id,
-                "model_version": score.model_version,
-                "score": round(1.0 - score.label_quality, 6),
-                "mislabeling": max(round(1.0 - score.label_quality, 6), 1e-6),
-                "result": result,
-            },
-        )
+    def _reconcile(self, task_id: int, want: dict[str, Any] | None) -> None:
+        query = urllib.parse.urlencode({"task": task_id})
+        answer = self._client.request("GET", f"/api/predictions/?{query}")
+        rows = answer.get("results", []) if isinstance(answer, dict) else answer or []
+        # pre-annotations from /predict share the model version but have no mislabeling
+        ours = [r for r in rows if isinstance(r, dict) and float(r.get("mislabeling") or 0) > 0]
+        keep = next((r for r in ours if want is not None and _same(r, want)), None)
+        for row in ours:
+            if row is not keep:
+                self._client.request("DELETE", f"/api/predictions/{row['id']}/")
+        if want is not None and keep is None:
+            self._client.request("POST", "/api/predictions/", {"task": task_id, **want})

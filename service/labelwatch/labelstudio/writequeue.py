@@ -1,0 +1,321 @@
+"""Durable write-back queue: scored annotations waiting to be written to Label Studio.
+
+The queue is one table, ``ls_writebacks``, in the flag outbox's SQLite file (so it
+shares its WAL, durability setting and lock), and survives a restart of labelwatch:
+
+``ls_writebacks``
+    ``key`` = ``<task>:<annotation>`` (a newer version of an annotation replaces the
+    write still waiting for an older one), ``version`` (the annotation's
+    ``updated_at``), the :class:`WriteBack` as JSON, ``created_at``, ``attempts``
+    (failed tries so far), ``due_at`` (unix seconds; a claimed row is leased by
+    moving it into the future) and the last ``error``.
+
+:class:`WriteBackWorker` drains it (see its docstring). Several processes
+(``--workers``) may drain the same table: a row is claimed in a transaction, so
+only one of them writes it at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from labelwatch.labelstudio.client import LabelStudioError
+from labelwatch.outbox import Outbox, OutboxError
+from labelwatch.sinks.base import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ls_writebacks (
+    key TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due_at REAL NOT NULL,
+    error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS ls_writebacks_due ON ls_writebacks (due_at);
+"""
+
+LEASE_SECONDS = 120.0
+"""How long a claimed write stays invisible to other drainers (a crashed one's rows return)."""
+
+
+@dataclass(frozen=True)
+class WriteBack:
+    """What is written to one task for one annotation version (JSON round-trips exactly)."""
+
+    project_id: int
+    task_id: int
+    annotation_id: int
+    version: str  # the annotation's updated_at
+    label_quality: float  # in [0, 1]; low = likely mislabeled
+    flagged: bool
+    issues: tuple[tuple[str, str, float], ...]  # (label, "missing"/"spurious", probability)
+    suggested: tuple[str, ...]  # the tags labelwatch suggests (labels XOR flags)
+    model_version: str
+    choices_name: str  # from_name of predictions
+    to_name: str
+
+    @property
+    def key(self) -> str:
+        """The queue key: one pending write per annotation."""
+        return f"{self.task_id}:{self.annotation_id}"
+
+    def to_json(self) -> str:
+        """This write as a JSON object."""
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> WriteBack:
+        """Inverse of :meth:`to_json`."""
+        d: dict[str, Any] = json.loads(raw)
+        d["issues"] = tuple((str(a), str(b), float(c)) for a, b, c in d["issues"])
+        d["suggested"] = tuple(d["suggested"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A write taken off the queue by :meth:`WriteBackQueue.claim`."""
+
+    write: WriteBack
+    attempts: int  # failed tries before this one
+
+
+class WriteBackQueue:
+    """The ``ls_writebacks`` table of ``outbox`` (created on first use).
+
+    Every method raises :class:`OutboxError` when the file cannot be read or written.
+    """
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self._ready = False
+        self.listeners: list[Callable[[], None]] = []
+        """Called after :meth:`put` stored a write (wakes the worker)."""
+
+    def clock(self) -> float:
+        """Now, in unix seconds (the outbox's clock)."""
+        return self._outbox.clock()
+
+    def _ensure(self) -> None:
+        if self._ready:
+            return
+        with self._outbox.transaction() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        self._ready = True
+
+    def put(self, write: WriteBack) -> None:
+        """Store ``write``, replacing a waiting write of an older version of the annotation."""
+        self._ensure()
+        now = self._outbox.clock()
+        with self._outbox.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO ls_writebacks "
+                "(key, version, payload, created_at, attempts, due_at, error) "
+                "VALUES (?, ?, ?, ?, 0, ?, '')",
+                (write.key, write.version, write.to_json(), now, now),
+            )
+        for callback in list(self.listeners):
+            callback()
+
+    def claim(self, limit: int, *, lease_seconds: float = LEASE_SECONDS) -> list[Claimed]:
+        """Up to ``limit`` due writes, oldest due first, leased for ``lease_seconds``."""
+        self._ensure()
+        now = self._outbox.clock()
+        with self._outbox.transaction() as conn:
+            rows = conn.execute(
+                "SELECT key, payload, attempts FROM ls_writebacks WHERE due_at <= ? "
+                "ORDER BY due_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE ls_writebacks SET due_at = ? WHERE key = ?",
+                [(now + lease_seconds, key) for key, _, _ in rows],
+            )
+        return [Claimed(WriteBack.from_json(payload), int(n)) for _, payload, n in rows]
+
+    def done(self, write: WriteBack) -> None:
+        """Remove ``write`` (kept if a newer version of the annotation replaced it meanwhile)."""
+        self._ensure()
+        with self._outbox.transaction() as conn:
+            conn.execute(
+                "DELETE FROM ls_writebacks WHERE key = ? AND version = ?",
+                (write.key, write.version),
+            )
+
+    def retry_at(self, write: WriteBack, due_at: float, error: str) -> None:
+        """Count a failed try of ``write`` and make it due again at ``due_at`` (unix seconds)."""
+        self._ensure()
+        with self._outbox.transaction() as conn:
+            conn.execute(
+                "UPDATE ls_writebacks SET attempts = attempts + 1, due_at = ?, error = ? "
+                "WHERE key = ? AND version = ?",
+                (due_at, error[:2000], write.key, write.version),
+            )
+
+    def release(self, writes: Sequence[WriteBack]) -> None:
+        """Make claimed but unattempted ``writes`` due again now (no attempt counted)."""
+        self._ensure()
+        now = self._outbox.clock()
+        with self._outbox.transaction() as conn:
+            conn.executemany(
+                "UPDATE ls_writebacks SET due_at = ? WHERE key = ? AND version = ?",
+                [(now, w.key, w.version) for w in writes],
+            )
+
+    def pending(self) -> tuple[int, float | None]:
+        """(writes waiting, created_at of the oldest one or None)."""
+        self._ensure()
+        with self._outbox.reading() as conn:
+            count, oldest = conn.execute(
+                "SELECT COUNT(*), MIN(created_at) FROM ls_writebacks"
+            ).fetchone()
+        return int(count), None if oldest is None else float(oldest)
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the next write is due (0 if one is due now), None when empty."""
+        self._ensure()
+        with self._outbox.reading() as conn:
+            (due,) = conn.execute("SELECT MIN(due_at) FROM ls_writebacks").fetchone()
+        return None if due is None else max(0.0, float(due) - self._outbox.clock())
+
+
+def _permanent(exc: LabelStudioError) -> bool:
+    """Label Studio refused this write for good: the task is gone or the content is wrong."""
+    return 400 <= exc.status < 500 and exc.status not in (401, 403, 408, 429)
+
+
+class WriteBackWorker:
+    """A thread writing the queue to Label Studio with ``write`` (:class:`TaskWriter`).
+
+    * success: the row is removed;
+    * Label Studio unreachable, 401/403, 408, 429 or 5xx: the row is retried with
+      ``policy``'s exponential backoff, for as long as it takes (the worker also
+      pauses that long before trying any other row, so a Label Studio that is down
+      is not hammered);
+    * any other 4xx (e.g. 404: the task was deleted): the write is dropped and logged.
+
+    ``on_outcome`` is called with ``written``, ``retry`` or ``dropped`` (metrics).
+    """
+
+    def __init__(
+        self,
+        queue: WriteBackQueue,
+        write: Callable[[WriteBack], None],
+        *,
+        policy: RetryPolicy,
+        on_outcome: Callable[[str], None] = lambda outcome: None,
+        batch: int = 20,
+        idle_seconds: float = 5.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._queue = queue
+        self._write = write
+        self._policy = policy
+        self._on_outcome = on_outcome
+        self._batch = batch
+        self._idle = idle_seconds
+        self._rng = rng or random.Random()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._failures = 0  # consecutive failed writes (worker-wide pause)
+        queue.listeners.append(self._wake.set)
+        self._thread = threading.Thread(target=self._loop, name="ls-writeback", daemon=True)
+
+    def start(self) -> None:
+        """Start draining (rows left by an earlier run are written first)."""
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Stop after the write in progress; what is left stays queued for the next start."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                pause = self.drain_once()
+            except OutboxError as exc:
+                log.error("event=ls_writeback_queue_error error=%r", str(exc))
+                pause = self._policy.backoff(3, self._rng)
+            except Exception:  # a bug must not stop write-backs silently
+                log.exception("event=ls_writeback_worker_error")
+                pause = self._policy.backoff(3, self._rng)
+            if pause > 0:
+                self._wake.clear()
+                self._wake.wait(pause)
+
+    def drain_once(self) -> float:
+        """Write the due rows; return how long to wait before the next pass (seconds)."""
+        claimed = self._queue.claim(self._batch)
+        for i, item in enumerate(claimed):
+            if self._stopping.is_set():
+                self._release(claimed[i:])
+                return 0.0
+            if not self._try(item):
+                self._release(claimed[i + 1 :])
+                return self._policy.backoff(self._failures, self._rng)
+        if claimed:
+            return 0.0
+        due = self._queue.next_due_in()
+        return self._idle if due is None else min(self._idle, due)
+
+    def _release(self, items: Sequence[Claimed]) -> None:
+        if items:
+            self._queue.release([item.write for item in items])
+
+    def _try(self, item: Claimed) -> bool:
+        """Write one row; False when Label Studio is unavailable (the caller pauses)."""
+        write = item.write
+        try:
+            self._write(write)
+        except LabelStudioError as exc:
+            if _permanent(exc):
+                self._queue.done(write)
+                self._on_outcome("dropped")
+                log.error(
+                    "event=ls_writeback_dropped task=%d annotation=%d version=%s error=%r",
+                    write.task_id,
+                    write.annotation_id,
+                    write.version,
+                    str(exc),
+                )
+                return True
+            self._failures += 1
+            wait = self._policy.backoff(max(self._failures, item.attempts + 1), self._rng)
+            self._queue.retry_at(write, self._queue.clock() + wait, str(exc))
+            self._on_outcome("retry")
+            log.warning(
+                "event=ls_writeback_failed task=%d annotation=%d attempt=%d retry_in=%.1fs "
+                "error=%r",
+                write.task_id,
+                write.annotation_id,
+                item.attempts + 1,
+                wait,
+                str(exc),
+            )
+            return False
+        self._failures = 0
+        self._queue.done(write)
+        self._on_outcome("written")
+        log.info(
+            "event=ls_writeback_written task=%d annotation=%d version=%s label_quality=%.4f",
+            write.task_id,
+            write.annotation_id,
+            write.version,
+            write.label_quality,
+        )
+        return True
