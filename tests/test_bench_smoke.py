@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
+import ingest  # noqa: E402
 import serve  # noqa: E402
 from servebench.clients import CellResult, CellSpec, ClientPool  # noqa: E402
 from servebench.limit import measure_limit  # noqa: E402
@@ -30,7 +33,7 @@ from servebench.servers import (  # noqa: E402
     PeerConfig,
     peer_available,
 )
-from servebench.workloads import ServedModel, float_model, probs_model  # noqa: E402
+from servebench.workloads import ServedModel, float_model, make_rows, probs_model  # noqa: E402
 
 TINY = {"d": 8, "k": 5, "n_rows": 32}
 
@@ -177,3 +180,34 @@ def test_peer_cells_with_and_without_cleanlab_produce_rows(
     _well_formed(scored, latencies=True)
     _well_formed(stream, latencies=False)
     assert scored.filter_ran + scored.filter_skipped == scored.calls
+
+
+@pytest.mark.skipif(
+    not (shutil.which("nats-server") or Path("/usr/sbin/nats-server").exists())
+    and os.environ.get("CI") != "true",  # CI installs it: there a missing one fails the test
+    reason="nats-server is not installed (scripts/ci_delivery_deps.sh)",
+)
+def test_ingest_cell_times_a_consumer_and_samples_its_lag(tmp_path: Path) -> None:
+    served = probs_model(tmp_path / "probs", 5)
+    rows = make_rows(served.workload)
+    msgs = ingest.messages(rows, served.workload.class_names, 300, "smoke-")
+    assert json.loads(msgs[0])["id"] == "smoke-0" and len(set(msgs)) == 300
+    schedule = [("above", 400.0, 0.3), ("below", 100.0, 0.3)]
+    cell = ingest.run_cell(served, msgs, 1, tmp_path / "cell", schedule, 0.1, 60.0)
+    assert cell["examples"] == 300 and cell["examples_per_s"] > 0
+    last = cell["samples"][-1]
+    assert last["results"] == last["published"] == 300
+    assert {s["phase"] for s in cell["samples"]} <= {"above", "below", "rest"}
+    lag = {
+        "capacity_examples_per_s": cell["examples_per_s"],
+        "rate_above": 400.0,
+        "rate_below": 100.0,
+        "seconds_above": 0.3,
+        "seconds_below": 0.3,
+        "drained_after_s": cell["seconds"],
+        "samples": cell["samples"],
+    }
+    grpc = {"batch": 64, "clients": 8, "examples": 640, "examples_per_s": 1000.0}
+    rows_out = [{"consumers": 1, "flags": ["--intra-op-threads", "1"], **cell}]
+    assert "| consume x1 |" in ingest.throughput_table(rows_out, grpc)
+    assert ingest.lag_table(lag).count("\n") >= 2

@@ -14,8 +14,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from labelwatch.config import Settings
-from labelwatch.domain import LabeledExample, ScoredBatch
+from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import OutboxUnavailable
-from labelwatch.flag import flags_from_batch
+from labelwatch.flag import Flag, flags_from_batch
 from labelwatch.grpc.converters import example_from_proto
 from labelwatch.ingest import ConsumeOptions, StreamConsumer
 from labelwatch.ingest_app import READY_LINE
@@ -166,6 +167,18 @@ async def _state(url: str) -> dict[str, int]:
         await nc.close()
 
 
+async def _ack_floor(url: str) -> int:
+    import nats
+
+    nc = await nats.connect(url, connect_timeout=5)
+    try:
+        info = await nc.jetstream(timeout=10).consumer_info(STREAM, DURABLE)
+        assert info.ack_floor is not None
+        return int(info.ack_floor.stream_seq)
+    finally:
+        await nc.close()
+
+
 def state(url: str) -> dict[str, int]:
     return asyncio.run(_state(url))
 
@@ -261,21 +274,40 @@ def thresholds(tmp_path: Path) -> Path:
     return write_artifact(tmp_path / "thresholds.json")
 
 
-def expected_flag_ids(thresholds: Path, exs: Sequence[pb.Example]) -> set[str]:
-    """Flag ids of one in-process scoring of ``exs`` (the reference for the consumers)."""
+FlagView = tuple[str, str, tuple[str, ...], tuple[Any, ...], tuple[str, ...], float, str]
+
+
+def flag_view(flag: Flag) -> FlagView:
+    """What a flag says (not when it was stored): id, example, labels, issues, suggestion."""
+    return (
+        flag.flag_id,
+        flag.example_id,
+        flag.labels,
+        flag.issues,
+        flag.suggested_labels,
+        round(flag.label_quality, 9),
+        flag.model_version,
+    )
+
+
+def expected_flags(thresholds: Path, exs: Sequence[pb.Example]) -> set[FlagView]:
+    """The flags of one in-process scoring of ``exs`` (the reference for the consumers)."""
     pipeline = load_pipeline(Settings(thresholds=thresholds), Metrics(CollectorRegistry()))
     index = {name: i for i, name in enumerate(CLASS_NAMES)}
     domain = [example_from_proto(ex, i, pipeline.spec, index) for i, ex in enumerate(exs)]
     batch = pipeline.score(domain)
-    return {f.flag_id for f in flags_from_batch(batch, pipeline.spec.class_names)}
+    return {flag_view(f) for f in flags_from_batch(batch, pipeline.spec.class_names)}
 
 
-def outbox_flag_ids(path: Path) -> set[str]:
+def outbox_flags(path: Path) -> set[FlagView]:
     box = Outbox(path)
     try:
-        return {f.flag_id for f in box.flags(limit=1_000_000)}
+        stored = box.flags(limit=1_000_000)
     finally:
         box.close()
+    views = {flag_view(f) for f in stored}
+    assert len(views) == len(stored), "a flag was stored twice"
+    return views
 
 
 # -- tests -----------------------------------------------------------------------------------
@@ -309,7 +341,7 @@ def test_each_example_gets_one_result_its_flags_reach_the_outbox_and_inputs_are_
     assert {i for i, b in by_id.items() if b.get("is_issue")} == {
         ex.id for ex in everything if ex.id.split("-", 1)[1].startswith("flagged")
     }
-    assert outbox_flag_ids(outbox) == expected_flag_ids(thresholds, everything)
+    assert outbox_flags(outbox) == expected_flags(thresholds, everything)
     final = state(nats.url)
     assert final["pending"] == 0 and final["ack_pending"] == 0
     assert final["redelivered"] == 0
@@ -339,7 +371,8 @@ def test_malformed_messages_are_dead_lettered_with_their_reason_and_not_redelive
     ) as (consumer,):
         wait_until(lambda: asyncio.run(_count(nats.url, DEAD)) >= 3, 20, "3 dead letters")
         wait_until(lambda: result_count(nats.url) >= 1, 10, "the good example's result")
-        time.sleep(2.5)  # past --ack-wait-seconds: an unacked message would come back now
+        # a work-queue stream deletes what is acked: once empty, nothing can come back
+        wait_until(lambda: state(nats.url)["stream_messages"] == 0, 10, "every input acked")
         assert consumer.terminate() == 0
     dead = outputs(nats.url, DEAD)
     assert len(dead) == 3
@@ -370,7 +403,7 @@ def test_two_processes_on_one_durable_share_the_work_without_loss_or_duplicates(
     assert sorted(r.body["id"] for r in results) == sorted(ex.id for ex in exs)
     shares = [c.processed() for c in pair]
     assert sum(shares) == n and min(shares) > 0, shares
-    assert outbox_flag_ids(outbox) == expected_flag_ids(thresholds, exs)
+    assert outbox_flags(outbox) == expected_flags(thresholds, exs)
     assert state(nats.url)["stream_messages"] == 0
 
 
@@ -412,20 +445,25 @@ def test_killed_consumer_loses_nothing_and_a_restart_resumes_from_the_ack_floor(
         wait_until(lambda: result_count(nats.url) >= n // 5, 60, "a fifth of the results")
         trio[0].process.send_signal(signal.SIGKILL)  # whatever it held comes back after ack_wait
         trio[0].process.wait(10)
+        assert result_count(nats.url) < n, "the test needs the kill to happen midway"
         wait_until(lambda: result_count(nats.url) >= n, 60, f"{n} results", interval=0.5)
         wait_until(lambda: state(nats.url)["stream_messages"] == 0, 20, "every input acked")
         assert [c.terminate() for c in trio[1:]] == [0, 0]
     results = outputs(nats.url, RESULTS)
     assert len(results) == n  # a re-scored redelivery's result was dropped as a duplicate
     assert sorted(r.body["id"] for r in results) == sorted(ex.id for ex in exs)
-    assert outbox_flag_ids(outbox) == expected_flag_ids(thresholds, exs)
+    assert outbox_flags(outbox) == expected_flags(thresholds, exs)
 
+    floor = asyncio.run(_ack_floor(nats.url))
     more = examples(500, "late-")
     publish_json(nats.url, more)  # the stream grew while no consumer ran
+    assert asyncio.run(_ack_floor(nats.url)) == floor  # JetStream kept the durable's position
     with consumers(nats, thresholds, outbox) as (restarted,):
         wait_until(lambda: result_count(nats.url) >= n + 500, 30, "the new results")
         assert restarted.terminate() == 0
     assert restarted.processed() == 500  # only what was past the ack floor
+    late = [r for r in outputs(nats.url, RESULTS) if r.body["input"]["sequence"] > floor]
+    assert sorted(r.body["id"] for r in late) == sorted(ex.id for ex in more)
     assert len(outputs(nats.url, RESULTS)) == n + 500
 
 
@@ -503,3 +541,117 @@ def test_text_examples_are_scored_by_the_default_model_and_features_are_dead_let
     (dead,) = outputs(nats.url, DEAD)
     assert "example 'pkg-2'" in dead.body["reason"]
     assert "field 'features'" in dead.body["reason"]
+
+
+def run_in_process(
+    options: ConsumeOptions,
+    score: Callable[[Sequence[LabeledExample]], ScoredBatch],
+    spec: ModelSpec,
+    registry: CollectorRegistry,
+    done: Callable[[StreamConsumer], bool],
+    timeout: float = 20.0,
+) -> StreamConsumer:
+    """Run a :class:`StreamConsumer` in this process until ``done(consumer)``, then stop it."""
+
+    async def consume() -> StreamConsumer:
+        consumer = StreamConsumer(options, score=score, spec=spec, metrics=IngestMetrics(registry))
+        stop = asyncio.Event()
+        task = asyncio.create_task(consumer.run(stop))
+        deadline = time.monotonic() + timeout
+        while not done(consumer) and time.monotonic() < deadline and not task.done():
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+        return consumer
+
+    return asyncio.run(consume())
+
+
+def test_a_message_that_fails_to_score_on_every_delivery_is_dead_lettered_alone(
+    nats: NatsServer, thresholds: Path
+) -> None:
+    registry = CollectorRegistry()
+    pipeline = load_pipeline(Settings(thresholds=thresholds), Metrics(registry))
+    exs = examples(6, "x-")
+    poison = exs[2].id
+
+    def crashes_on_poison(batch: Sequence[LabeledExample]) -> ScoredBatch:
+        if any(ex.id == poison for ex in batch):
+            raise RuntimeError("model crashed")
+        return pipeline.score(batch)
+
+    options = ConsumeOptions(
+        url=nats.url,
+        stream=STREAM,
+        subject="examples.>",
+        durable=DURABLE,
+        nak_delay_seconds=0.1,
+        fetch_timeout_seconds=0.2,
+        max_deliveries=3,
+    )
+    publish_json(nats.url, exs)
+    consumer = run_in_process(
+        options,
+        crashes_on_poison,
+        pipeline.spec,
+        registry,
+        lambda c: c.stats.processed + c.stats.dead_lettered >= 6,
+    )
+    assert (consumer.stats.processed, consumer.stats.dead_lettered) == (5, 1)
+    assert consumer.stats.naked == 2  # deliveries 1 and 2 of the poison message
+    (dead,) = outputs(nats.url, DEAD)
+    assert dead.body["reason"] == (
+        f"example {poison!r}: scoring failed on each of 3 deliveries; "
+        "last error: RuntimeError: model crashed"
+    )
+    assert sorted(r.body["id"] for r in outputs(nats.url, RESULTS)) == sorted(
+        ex.id for ex in exs if ex.id != poison
+    )
+    sample = registry.get_sample_value
+    assert sample("labelwatch_ingest_dead_lettered_messages_total", {"reason": "scoring_failed"})
+    assert state(nats.url)["stream_messages"] == 0
+
+
+def test_a_slow_model_holds_fetching_to_max_inflight_and_the_lag_is_reported(
+    nats: NatsServer, thresholds: Path
+) -> None:
+    registry = CollectorRegistry()
+    pipeline = load_pipeline(Settings(thresholds=thresholds), Metrics(registry))
+    release = threading.Event()
+
+    def slow(batch: Sequence[LabeledExample]) -> ScoredBatch:
+        release.wait(20)
+        return pipeline.score(batch)
+
+    options = ConsumeOptions(
+        url=nats.url,
+        stream=STREAM,
+        subject="examples.>",
+        durable=DURABLE,
+        batch=2,
+        max_inflight=2,
+        fetch_timeout_seconds=0.2,
+        lag_interval_seconds=0.05,
+    )
+    publish_json(nats.url, examples(10, "l-"))
+    sample = registry.get_sample_value
+    seen: list[tuple[float | None, ...]] = []
+
+    def lag_seen(consumer: StreamConsumer) -> bool:
+        if not release.is_set():
+            now = (
+                sample("labelwatch_ingest_pending_messages"),
+                sample("labelwatch_ingest_ack_pending_messages"),
+                sample("labelwatch_ingest_in_flight_messages"),
+            )
+            seen.append(now)
+            if now == (8.0, 2.0, 2.0):  # 2 held by the slow model, 8 waiting in JetStream
+                release.set()
+        return consumer.stats.processed >= 10
+
+    consumer = run_in_process(options, slow, pipeline.spec, registry, lag_seen)
+    release.set()
+    assert (8.0, 2.0, 2.0) in seen, seen[-5:]
+    assert max(v[2] or 0 for v in seen) <= 2  # never more in hand than --max-inflight
+    assert consumer.stats.processed == 10
+    assert sample("labelwatch_ingest_in_flight_messages") == 0

@@ -16,12 +16,20 @@ Any number of processes using the same durable name share the messages
    ``Nats-Msg-Id = <stream>-<sequence>`` (a redelivered input gets the same id,
    so JetStream drops the repeat within the duplicate window);
 4. only then is the input acked. A transient failure (outbox not writable,
-   model error, NATS publish failure) naks the inputs with a delay instead.
+   server stopping, NATS publish failure) naks the inputs with a delay instead.
+   Any other scoring failure is isolated: the batch's examples are scored one
+   by one, and one that still fails is nak'd until JetStream has delivered it
+   ``max_deliveries`` times, then dead-lettered with the error (a poison
+   message is not retried forever, nor does it hold up its neighbours).
 
 Back-pressure: at most ``max_inflight`` messages are fetched and not yet
 acked or nak'd; a slow model slows fetching. On stop (SIGTERM) fetching ends,
-what is in hand is finished and acked within ``grace_seconds``, and the rest
-stays in the stream for the other processes.
+what is in hand is finished and acked within ``grace_seconds``; what is still
+unfinished then is nak'd, so the other processes get it at once.
+
+Consumer lag (JetStream's pending and ack-pending counts of the durable) is
+read every ``lag_interval_seconds`` into the metrics, and from each fetched
+message in between.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, PubAck, RetentionPolicy, Stre
 
 from labelwatch.config import mask_url
 from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
-from labelwatch.errors import PublicError, WrongInputKind
+from labelwatch.errors import ErrorCode, PublicError, WrongInputKind
 from labelwatch.grpc.converters import DEFAULT_LIMITS, example_from_proto, response_from_batch
 from labelwatch.ingest_messages import dead_letter_json, example_from_message, result_json
 from labelwatch.ingest_metrics import IngestMetrics
@@ -55,6 +63,11 @@ log = logging.getLogger(__name__)
 ScoreFn = Callable[[Sequence[LabeledExample]], ScoredBatch]
 REASON_HEADER = "Labelwatch-Dead-Letter-Reason"
 """Header of a dead-letter message holding the reason (also in its JSON body)."""
+TRANSIENT_CODES = frozenset(
+    {ErrorCode.UNAVAILABLE, ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.DEADLINE_EXCEEDED}
+)
+"""Scoring errors that may pass by themselves: nak'd with a delay, retried without limit."""
+_INPUT_CODES = frozenset({ErrorCode.INVALID_ARGUMENT, ErrorCode.FAILED_PRECONDITION})
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,9 @@ class ConsumeOptions:
     grace_seconds: float = 10.0
     publish_timeout_seconds: float = 10.0
     connect_timeout_seconds: float = 15.0
+    max_deliveries: int = 5
+    """Deliveries of a message whose scoring fails (not transiently) before it is dead-lettered."""
+    lag_interval_seconds: float = 2.0
 
 
 @dataclass
@@ -87,7 +103,7 @@ class ConsumeStats:
     dead_lettered: int = 0
     naked: int = 0
     abandoned: int = 0
-    """Messages still in hand when the grace ran out (JetStream redelivers them)."""
+    """Messages still in hand when the grace ran out (nak'd for the other processes)."""
     fetched: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -110,6 +126,8 @@ class StreamConsumer:
     ) -> None:
         if options.batch < 1 or options.max_inflight < options.batch:
             raise ValueError("batch must be >= 1 and max_inflight >= batch")
+        if options.max_deliveries < 1:
+            raise ValueError("max_deliveries must be >= 1")
         self.options = options
         self._score = score
         self._spec = spec
@@ -119,7 +137,7 @@ class StreamConsumer:
         self.stats = ConsumeStats()
         self._in_flight = 0
         self._slot_freed = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], list[Msg]] = {}
         self._js: JetStreamContext | None = None
 
     # -- set-up ------------------------------------------------------------------------------
@@ -208,9 +226,12 @@ class StreamConsumer:
         )
         if on_ready is not None:
             on_ready()
+        lag = asyncio.create_task(self._watch_lag(psub, stop))
         try:
             await self._fetch_until(stop, psub)
         finally:
+            lag.cancel()
+            await asyncio.gather(lag, return_exceptions=True)
             await self._drain(psub)
             with contextlib.suppress(Exception):
                 await nc.flush(timeout=5)
@@ -249,8 +270,26 @@ class StreamConsumer:
             with contextlib.suppress(nats.errors.Error):
                 self._metrics.pending.set(msgs[-1].metadata.num_pending)
             task = asyncio.create_task(self._handle(msgs))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[task] = msgs
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+
+    async def _watch_lag(
+        self, psub: JetStreamContext.PullSubscription, stop: asyncio.Event
+    ) -> None:
+        """Every ``lag_interval_seconds``: the durable's pending and ack-pending counts."""
+        while not stop.is_set():
+            try:
+                info = await psub.consumer_info()
+            except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+                log.debug("event=consumer_info_failed error=%r", exc)
+            else:
+                self._metrics.pending.set(info.num_pending or 0)
+                self._metrics.ack_pending.set(info.num_ack_pending or 0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.options.lag_interval_seconds)
 
     async def _drain(self, psub: JetStreamContext.PullSubscription) -> None:
         """Finish the batches in hand within the grace; nak what is left."""
@@ -259,12 +298,16 @@ class StreamConsumer:
             _, late = await asyncio.wait(set(self._tasks), timeout=self.options.grace_seconds)
             if late:
                 abandoned = self._in_flight  # only the late tasks still hold messages
+                held = [m for task in late for m in self._tasks.get(task, [])]
                 for task in late:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
+                for msg in held:  # those already acked ignore the nak
+                    with contextlib.suppress(nats.errors.Error):
+                        await msg.nak()
                 self.stats.abandoned += abandoned
                 log.warning(
-                    "event=drain_grace_expired abandoned=%d: JetStream redelivers them",
+                    "event=drain_grace_expired abandoned=%d: nak'd for the other processes",
                     abandoned,
                 )
         with contextlib.suppress(Exception):
@@ -305,24 +348,30 @@ class StreamConsumer:
         finally:
             self._release(len(msgs))  # acked, nak'd, or left to the ack wait: no longer held
 
-    async def _score_and_publish(self, valid: list[tuple[Msg, LabeledExample]]) -> None:
+    async def _score_and_publish(
+        self, valid: list[tuple[Msg, LabeledExample]], *, isolated: bool = False
+    ) -> None:
         msgs = [m for m, _ in valid]
-        self._metrics.batch_size.observe(len(valid))
+        if not isolated:
+            self._metrics.batch_size.observe(len(valid))
         try:
             batch = await asyncio.to_thread(self._score, [ex for _, ex in valid])
         except PublicError as exc:
-            log.warning(
-                "event=score_failed messages=%d code=%s error=%r: nak, retry in %ss",
-                len(msgs),
-                exc.code.value,
-                exc.message,
-                self.options.nak_delay_seconds,
-            )
-            await self._nak(msgs)
+            if exc.code in TRANSIENT_CODES:
+                log.warning(
+                    "event=score_failed messages=%d code=%s error=%r: nak, retry in %ss",
+                    len(msgs),
+                    exc.code.value,
+                    exc.message,
+                    self.options.nak_delay_seconds,
+                )
+                await self._nak(msgs)
+            else:
+                await self._score_failed(valid, exc, exc.message)
             return
-        except Exception:  # a bug or a model crash: hand back, do not lose the batch
-            log.exception("event=score_failed messages=%d: nak", len(msgs))
-            await self._nak(msgs)
+        except Exception as exc:  # a bug or a model crash: isolate, retry, at last dead-letter
+            log.exception("event=score_failed messages=%d", len(msgs))
+            await self._score_failed(valid, exc, f"{type(exc).__name__}: {exc}")
             return
         response = response_from_batch(batch, self._spec.class_names, include_probabilities=False)
         published = await self._publish_results(msgs, list(response.results))
@@ -337,6 +386,29 @@ class StreamConsumer:
         self._metrics.processed.inc(len(done))
         if failed:
             await self._nak(failed)
+
+    async def _score_failed(
+        self, valid: list[tuple[Msg, LabeledExample]], exc: Exception, error: str
+    ) -> None:
+        """A non-transient scoring failure: score the examples alone to find the culprit(s)."""
+        if len(valid) > 1:
+            for item in valid:
+                await self._score_and_publish([item], isolated=True)
+            return
+        ((msg, example),) = valid
+        where = f"example {example.id!r}"
+        if isinstance(exc, PublicError) and exc.code in _INPUT_CODES:
+            reason = error if where in error else f"{where}: {error}"
+            await self._dead_letter(msg, reason, "invalid")
+            return
+        delivered = msg.metadata.num_delivered or 1
+        if delivered >= self.options.max_deliveries:
+            reason = (
+                f"{where}: scoring failed on each of {delivered} deliveries; last error: {error}"
+            )
+            await self._dead_letter(msg, reason, "scoring_failed")
+            return
+        await self._nak([msg])
 
     async def _publish_results(self, msgs: list[Msg], results: list[pb.ScoreResult]) -> list[bool]:
         """Publish one result a message; per message, whether JetStream stored it."""

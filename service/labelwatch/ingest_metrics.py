@@ -21,6 +21,12 @@ class IngestMetrics:
             "(consumer lag), as last reported by JetStream.",
             registry=registry,
         )
+        self.ack_pending = Gauge(
+            "labelwatch_ingest_ack_pending_messages",
+            "Messages of the durable consumer delivered to some consumer process and not yet "
+            "acked, as last reported by JetStream.",
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "labelwatch_ingest_in_flight_messages",
             "Messages fetched by this process and not yet acked or nak'd.",
@@ -33,7 +39,8 @@ class IngestMetrics:
         )
         self.dead_lettered = Counter(
             "labelwatch_ingest_dead_lettered_messages_total",
-            "Malformed input messages published to the dead-letter subject and acked.",
+            "Input messages published to the dead-letter subject and acked: malformed "
+            "(invalid, wrong_input_kind) or failing to score on every delivery (scoring_failed).",
             ["reason"],
             registry=registry,
         )

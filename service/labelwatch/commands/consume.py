@@ -53,6 +53,12 @@ _CONSUME_FLAGS: tuple[tuple[str, type, object, str], ...] = (
     ("batch", int, 64, "most messages per fetch"),
     ("nak_delay_seconds", float, 5.0, "redelivery delay after a transient failure, seconds"),
     ("ack_wait_seconds", float, 60.0, "seconds JetStream waits for an ack before redelivering"),
+    (
+        "max_deliveries",
+        int,
+        5,
+        "deliveries of a message that fails to score (not transiently) before it is dead-lettered",
+    ),
     ("duplicate_window_seconds", float, 600.0, "duplicate window of streams this creates, s"),
 )
 
@@ -119,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         max_inflight=max(settings.max_inflight, int(values["batch"])),
         nak_delay_seconds=float(values["nak_delay_seconds"]),
         ack_wait_seconds=float(values["ack_wait_seconds"]),
+        max_deliveries=int(values["max_deliveries"]),
         duplicate_window_seconds=float(values["duplicate_window_seconds"]),
         grace_seconds=settings.grace_seconds,
     )
