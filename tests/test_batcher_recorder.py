@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from labelwatch.batcher import Batcher
 from labelwatch.calibration import calibrate
 from labelwatch.domain import LabeledExample, ScoredBatch
-from labelwatch.errors import OutboxUnavailable
+from labelwatch.errors import DeadlineExpired, OutboxUnavailable
 from labelwatch.flag import flags_from_batch
 from labelwatch.metrics import Metrics
 from labelwatch.outbox import Outbox
@@ -159,3 +160,40 @@ def test_without_an_outbox_no_recorder_thread_runs() -> None:
     finally:
         batcher.close()
     assert bool(result.flags.any()) and pipeline.recorded == [1]
+
+
+class GatedPipeline(CountingPipeline):
+    """Its first model call waits for ``gate``: the queue behind it stands still."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def compute(self, examples: Sequence[LabeledExample]) -> ScoredBatch:
+        self.entered.set()
+        assert self.gate.wait(30)
+        return super().compute(examples)
+
+
+def test_a_queued_job_whose_deadline_passes_is_dropped_not_computed() -> None:
+    pipeline = GatedPipeline()
+    batcher = Batcher(pipeline, max_batch=1, window_seconds=0.0)
+    pool = ThreadPoolExecutor(3)
+    try:
+        first = pool.submit(batcher.score, [flagged_example(0)])
+        assert pipeline.entered.wait(10)  # the worker is busy with the first job
+        deadline = time.monotonic() + 0.05
+        late = pool.submit(batcher.score, [flagged_example(1)], deadline=deadline)
+        alive = pool.submit(batcher.score, [flagged_example(2)], deadline=deadline + 60)
+        wait_for(lambda: batcher.queued_jobs == 2, "two jobs queued behind the first")
+        wait_for(lambda: time.monotonic() > deadline, "the short deadline to pass")
+        pipeline.gate.set()
+        assert first.result(timeout=30).examples[0].id == "ex-0"
+        assert alive.result(timeout=30).examples[0].id == "ex-2"
+        assert isinstance(late.exception(timeout=30), DeadlineExpired)
+    finally:
+        pipeline.gate.set()
+        batcher.close()
+        pool.shutdown()
+    assert pipeline.computed == 2  # the expired job never reached the model

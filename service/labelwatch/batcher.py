@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from labelwatch.domain import LabeledExample, ScoredBatch
-from labelwatch.errors import ServerStopping
+from labelwatch.errors import DeadlineExpired, ServerStopping
 from labelwatch.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Job:
     examples: Sequence[LabeledExample]
+    deadline: float | None = None  # time.monotonic() seconds; None = no deadline
     done: threading.Event = field(default_factory=threading.Event)
     result: ScoredBatch | None = None
     error: BaseException | None = None
@@ -67,14 +69,18 @@ class Batcher:
         with self._cv:
             return len(self._jobs)
 
-    def score(self, examples: Sequence[LabeledExample]) -> ScoredBatch:
+    def score(
+        self, examples: Sequence[LabeledExample], *, deadline: float | None = None
+    ) -> ScoredBatch:
         """Score ``examples`` as part of a merged batch; block until done.
 
+        ``deadline`` is the caller's deadline in :func:`time.monotonic` seconds: a job
+        still queued when it passes is dropped unscored with :class:`DeadlineExpired`.
         Raises what the pipeline raised for this job's examples.
         """
         if not examples:
             return self._pipeline.score(examples)
-        job = _Job(examples)
+        job = _Job(examples, deadline)
         with self._cv:
             if self._closed:
                 raise ServerStopping("the server is shutting down")
@@ -96,22 +102,27 @@ class Batcher:
             self._recorder.join()
 
     def _take(self) -> list[_Job] | None:
-        """Block for the next group of jobs (None once closed and drained)."""
+        """Block for the next group of live jobs (None once closed and drained)."""
         with self._cv:
-            while not self._jobs and not self._closed:
-                self._cv.wait()
-            if not self._jobs:
-                return None
-            taken = [self._jobs.popleft()]
-            size = len(taken[0].examples)
+            while True:
+                while not self._jobs and not self._closed:
+                    self._cv.wait()
+                if not self._jobs:
+                    return None
+                first = self._pop_live()
+                if first is not None:
+                    break
+            taken = [first]
+            size = len(first.examples)
             lingered = False
             while size < self._max_batch:
                 if self._jobs:
                     if size + len(self._jobs[0].examples) > self._max_batch:
                         break
-                    job = self._jobs.popleft()
-                    taken.append(job)
-                    size += len(job.examples)
+                    job = self._pop_live()
+                    if job is not None:
+                        taken.append(job)
+                        size += len(job.examples)
                     continue
                 # others were waiting: more are probably on their way, linger once
                 if len(taken) > 1 and not lingered and self._window > 0 and not self._closed:
@@ -120,6 +131,20 @@ class Batcher:
                     continue
                 break
             return taken
+
+    def _pop_live(self) -> _Job | None:
+        """Pop the first queued job; if its deadline has passed, fail it and return None."""
+        job = self._jobs.popleft()
+        if job.deadline is not None and time.monotonic() >= job.deadline:
+            self._finish(
+                job,
+                error=DeadlineExpired(
+                    "the deadline passed while the request waited for the model; "
+                    "it was dropped unscored"
+                ),
+            )
+            return None
+        return job
 
     def _run(self) -> None:
         try:

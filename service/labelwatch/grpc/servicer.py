@@ -6,12 +6,12 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn, TypeVar
+from typing import NoReturn, Protocol, TypeVar
 
 import grpc
 
 from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
-from labelwatch.errors import PublicError
+from labelwatch.errors import DeadlineExpired, PublicError
 from labelwatch.grpc.converters import (
     DEFAULT_LIMITS,
     check_request_size,
@@ -42,8 +42,16 @@ def _guard(context: grpc.ServicerContext, method: str, work: Callable[[], T]) ->
         _abort(context, method, exc)
 
 
-ScoreFn = Callable[[Sequence[LabeledExample]], ScoredBatch]
-"""Scores validated examples: the :class:`Batcher`'s ``score`` (or a pipeline's)."""
+class ScoreFn(Protocol):
+    """Scores validated examples: the :class:`Batcher`'s ``score``.
+
+    ``deadline``: the call's deadline in :func:`time.monotonic` seconds (None: none);
+    work still queued when it passes is dropped with :class:`DeadlineExpired`.
+    """
+
+    def __call__(
+        self, examples: Sequence[LabeledExample], *, deadline: float | None = None
+    ) -> ScoredBatch: ...
 
 
 class LabelQualityServicer(pb_grpc.LabelQualityServicer):
@@ -79,9 +87,16 @@ class LabelQualityServicer(pb_grpc.LabelQualityServicer):
             examples = examples_from_request(
                 request, self._spec, self._class_index, self._max_batch, self._limits
             )
+            deadline = None
             if admission is not None:
                 admission.check_deadline(context, method)
-            batch = self._score_examples(examples)
+                deadline = admission.monotonic_deadline(context)
+            try:
+                batch = self._score_examples(examples, deadline=deadline)
+            except DeadlineExpired:
+                if admission is not None:
+                    admission.count_expired(method)
+                raise
             return response_from_batch(batch, self._spec.class_names, request.include_probabilities)
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:

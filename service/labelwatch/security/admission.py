@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -79,10 +80,20 @@ class Admission:
         """Raise :class:`DeadlineExpired` (and count it) if the call's deadline has passed."""
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
-            self._metrics.deadline_expired.labels(method).inc()
+            self.count_expired(method)
             raise DeadlineExpired(
                 f"{method}: the deadline passed before the request was scored; it was dropped"
             )
+
+    def count_expired(self, method: str) -> None:
+        """Count one request of ``method`` dropped unscored because its deadline passed."""
+        self._metrics.deadline_expired.labels(method).inc()
+
+    @staticmethod
+    def monotonic_deadline(context: grpc.ServicerContext) -> float | None:
+        """The call's deadline in :func:`time.monotonic` seconds, or None without one."""
+        remaining = context.time_remaining()
+        return None if remaining is None else time.monotonic() + remaining
 
 
 class StreamLimitInterceptor(grpc.ServerInterceptor):
