@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -236,3 +237,53 @@ def test_alert_rules_evaluate_cleanly_and_the_live_server_does_not_alert(
         'up{job="labelwatch"} == 1 unless on (job, instance) labelwatch_model_info == 1'
     )
     assert model_not_loaded["data"]["result"] == []  # model_info is exported with value 1
+
+
+def _handled(metrics_url: str, method: str, code: str) -> float | None:
+    """``grpc_server_handled_total`` for ``method`` and ``code``, or None while absent."""
+    labels = f'[^}}]*grpc_code="{code}"[^}}]*grpc_method="{method}"[^}}]*'
+    pattern = re.compile(r"^grpc_server_handled_total\{" + labels + r"\} (\S+)$", re.M)
+    match = pattern.search(http_get(metrics_url))
+    return float(match.group(1)) if match else None
+
+
+def _then_hold(
+    requests: Iterator[pb.ScoreRequest], release: threading.Event
+) -> Iterator[pb.ScoreRequest]:
+    """Yield ``requests``, then keep the stream open until ``release`` is set."""
+    yield from requests
+    release.wait(30)
+
+
+def test_a_stream_the_client_cancels_is_counted_as_cancelled(tmp_path: Any) -> None:
+    artifact_path = write_artifact(tmp_path / "thresholds.json")
+    probs, labels = random_calibration(n=2, seed=3)
+    request = pb.ScoreRequest(
+        examples=[
+            pb.Example(
+                id="ex-0",
+                probabilities=pb.Probabilities(values=probs[0].tolist()),
+                labels=[CLASS_NAMES[k] for k in np.flatnonzero(labels[0])],
+            )
+        ]
+    )
+    metrics_port = free_port()
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with running_server(thresholds=artifact_path, metrics_port=metrics_port) as server:
+        with grpc.insecure_channel(target_of(server)) as channel:
+            stub = pb_grpc.LabelQualityStub(channel)
+            release = threading.Event()
+            calls = stub.ScoreStream(_then_hold(iter([request]), release))
+            try:
+                assert next(calls).results[0].id == "ex-0"
+                calls.cancel()
+            finally:
+                release.set()
+        assert (
+            wait_for(
+                "the cancelled stream's count", lambda: _handled(url, "ScoreStream", "CANCELLED")
+            )
+            == 1
+        )
+        assert _handled(url, "ScoreStream", "UNKNOWN") is None
+        assert _handled(url, "ScoreStream", "OK") is None

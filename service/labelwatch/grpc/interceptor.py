@@ -24,9 +24,13 @@ _TYPES = {
 
 
 def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
+    """The status the call ended with, as the client saw it."""
     code = getattr(context, "code", lambda: None)()  # grpcio >= 1.38; absent from the stubs
     if isinstance(code, grpc.StatusCode):
         return str(code.name)
+    if not context.is_active():  # the call ended under the handler: client gone or time up
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
     return "UNKNOWN" if failed else "OK"
 
 
