@@ -75,7 +75,7 @@ class Settings:
         metadata={"help": "flag rule.", "choices": [f.value for f in FilterBy]},
     )
     threads: int = field(
-        default=8, metadata={"help": "gRPC handler threads per process (concurrent calls)."}
+        default=32, metadata={"help": "gRPC handler threads per process (concurrent calls)."}
     )
     workers: int = field(
         default=1,
@@ -292,14 +292,14 @@ class Settings:
         },
     )
     max_queued_calls: int = field(
-        default=32,
+        default=64,
         metadata={
             "help": "calls that may wait for a free handler thread (beyond --threads "
             "running); past it gRPC answers RESOURCE_EXHAUSTED at once."
         },
     )
     max_streams: int = field(
-        default=4,
+        default=16,
         metadata={
             "help": "most streaming calls open at once (each holds a handler thread; keep "
             "below --threads); past it RESOURCE_EXHAUSTED."
