@@ -42,15 +42,21 @@ RUN useradd --no-log-init --uid 10001 --user-group --no-create-home --home-dir /
     && mkdir -p /var/lib/labelwatch /models \
     && chown 10001:10001 /var/lib/labelwatch
 COPY --from=build /opt/labelwatch /opt/labelwatch
+# LABELWATCH_DATA_DIR: the outbox and server-state.json, which the health check reads to find the
+# port and TLS mode the server really runs with. Change it with -e LABELWATCH_DATA_DIR=..., not
+# --data-dir, so that the health check looks in the same place.
 ENV PATH=/opt/labelwatch/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    LABELWATCH_DATA_DIR=/var/lib/labelwatch/labelwatch-data
 USER 10001:10001
 WORKDIR /var/lib/labelwatch
 # gRPC (labelwatch.v1.LabelQuality, grpc.health.v1, reflection) and Prometheus /metrics
 EXPOSE 50051 9464
-# Kept only by Docker-format images (docker build; podman/buildah --format docker); Kubernetes
-# ignores it and uses the gRPC probes in deploy/k8s instead.
+# Asks the gRPC health service on the port the server bound, plaintext or TLS as the server runs
+# (--port, --tls-cert, ... from flags or env: it reads DATA_DIR/server-state.json). Kept only by
+# Docker-format images (docker build; podman/buildah --format docker); Kubernetes ignores it and
+# uses the probes in deploy/k8s instead.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-m", "labelwatch.healthcheck"]
 # The server itself is PID 1 and handles SIGTERM: it reports NOT_SERVING and drains in-flight

@@ -29,6 +29,7 @@ from labelwatch.calibration import load_artifact
 from labelwatch.scoring import FilterBy, decide
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
+from support_security import make_pki
 from support_server import CLASS_NAMES, random_calibration, write_artifact
 from support_tools import REPO, in_ci, require_tool
 
@@ -177,6 +178,31 @@ def test_image_scores_through_the_published_port_and_stops_cleanly_on_sigterm(
         assert code == 0, log
         assert "signal=SIGTERM" in log and "event=stopped" in log, log
         assert elapsed < GRACE_SECONDS + 10
+
+
+def test_image_healthcheck_follows_tls_and_a_port_given_on_the_command_line(
+    image: str, models_dir: Path
+) -> None:
+    """The HEALTHCHECK must use TLS and the --port the server was really started with."""
+    pki = make_pki(models_dir / "pki")
+    for path in (models_dir / "pki", *(models_dir / "pki").iterdir()):
+        os.chown(path, 10001, 10001)  # the image's user reads the key; it stays mode 600
+    serve_args = [
+        "--port",
+        "6000",
+        "--tls-cert",
+        f"/models/pki/{pki.server_cert.name}",
+        "--tls-key",
+        f"/models/pki/{pki.server_key.name}",
+    ]
+    # the script waits until `python -m labelwatch.healthcheck` succeeds inside the container
+    with running_container(image, models_dir, serve_args) as container:
+        health = podman("healthcheck", "run", container.name)
+        assert health.returncode == 0, health.stdout + health.stderr  # the image's HEALTHCHECK
+        check = podman("exec", container.name, "python", "-m", "labelwatch.healthcheck")
+        assert "127.0.0.1:6000 (TLS" in check.stdout, check.stdout + check.stderr
+        code, _, log = stop_with_sigterm(container.name)
+        assert code == 0, log
 
 
 @pytest.mark.skipif(

@@ -28,6 +28,7 @@ from labelwatch.errors import StartupError
 from labelwatch.grpc.flags_servicer import FLAG_FEED_SERVICE_NAME, FlagFeedServicer
 from labelwatch.grpc.interceptor import MetricsInterceptor
 from labelwatch.grpc.servicer import LabelQualityServicer
+from labelwatch.healthcheck import ServerState, write_state
 from labelwatch.labelstudio.http import LabelStudioHttp
 from labelwatch.labelstudio.http import from_settings as label_studio_http
 from labelwatch.metrics import Metrics
@@ -284,6 +285,18 @@ def start(
 
     delivery.outbox.add_writable_listener(_outbox_health)
     _outbox_health(delivery.outbox.writable)
+    # for `python -m labelwatch.healthcheck` (the image's HEALTHCHECK): the real port and TLS mode
+    tls = security.credentials is not None and settings.tls_cert is not None
+    write_state(
+        settings.data_dir,
+        ServerState(
+            host=settings.host,
+            port=port,
+            tls_cert=str(settings.tls_cert.resolve()) if tls and settings.tls_cert else None,
+            mutual_tls=tls and settings.tls_client_ca is not None,
+            pid=os.getpid(),
+        ),
+    )
     return RunningServer(
         server=server,
         port=port,
