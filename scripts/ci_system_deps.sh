@@ -7,6 +7,8 @@
 #   - the container image test (scripts/container_build_and_run.sh): podman buildah runc
 #     debootstrap, and podman's helpers uidmap slirp4netns fuse-overlayfs catatonit iptables
 #     containernetworking-plugins (user ids, storage, init, published ports)
+#   - the other-language client test (tests/test_other_language.py): nodejs and npm, checked as
+#     commands (node, npm) because a NodeSource nodejs ships npm without Debian's npm package
 #
 # Usage: scripts/ci_system_deps.sh        (as root, or with sudo available)
 set -euo pipefail
@@ -19,9 +21,15 @@ for pkg in "${PACKAGES[@]}"; do
         missing+=("$pkg")
     fi
 done
+if ! command -v node >/dev/null 2>&1; then
+    missing+=(nodejs)
+fi
+if ! command -v npm >/dev/null 2>&1; then
+    missing+=(npm)
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "ci_system_deps: all present (${PACKAGES[*]})"
+    echo "ci_system_deps: all present (${PACKAGES[*]} node npm)"
     exit 0
 fi
 

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
+import onnx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from onnx import TensorProto, helper, numpy_helper
 
 from labelwatch.calibration import load_artifact
 from labelwatch.scoring import FilterBy, decide
@@ -196,6 +199,16 @@ def _probs(values: list[float] | None = None) -> pb.Probabilities:
             ["'x4'", "'probabilities[2]'", "finite"],
         ),
         (
+            pb.Example(id="x4i", probabilities=_probs([0.5, 0.5, 0.5, math.inf, 0.5])),
+            "INVALID_ARGUMENT",
+            ["'x4i'", "'probabilities[3]'", "finite"],
+        ),
+        (
+            pb.Example(id="x4m", probabilities=_probs([-math.inf, 0.5, 0.5, 0.5, 0.5])),
+            "INVALID_ARGUMENT",
+            ["'x4m'", "'probabilities[0]'", "finite"],
+        ),
+        (
             pb.Example(id="x5", probabilities=_probs(), labels=["unicorn"]),
             "INVALID_ARGUMENT",
             ["'x5'", "'labels'", "'unicorn'"],
@@ -298,6 +311,65 @@ def test_float_model_scores_features(tmp_path: Path) -> None:
             assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def logits_model(path: Path, d: int = 4, seed: int = 2) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A linear model whose only output is logits ``(N, K)`` (no sigmoid); returns W, B too."""
+    rng = np.random.default_rng(seed)
+    w = (3.0 * rng.normal(size=(d, K))).astype(np.float32)
+    b = rng.normal(size=(K,)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["features", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "B"], ["logits"]),
+        ],
+        "tiny_logits_model",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, d])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, K])],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"class_names": json.dumps(list(CLASS_NAMES))})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path, w, b
+
+
+def test_model_outputs_logits_applies_a_sigmoid(tmp_path: Path) -> None:
+    model, w, b = logits_model(tmp_path / "logits.onnx")
+
+    def sigmoid_of_logits(x: np.ndarray) -> np.ndarray:
+        logits = (x.astype(np.float32) @ w + b).astype(np.float64)
+        return np.asarray(1.0 / (1.0 + np.exp(-logits)))
+
+    rng = np.random.default_rng(8)
+    calib_p = sigmoid_of_logits(rng.normal(size=(300, 4)))
+    calib_y = rng.random(calib_p.shape) < calib_p
+    art = write_artifact(tmp_path / "t.json", model_path=model, probs=calib_p, labels=calib_y)
+    x = rng.normal(size=(30, 4)).astype(np.float32)
+    logits = x @ w + b
+    assert (logits < 0).any() and (logits > 1).any(), "logits must not pass for probabilities"
+    y = rng.random((30, K)) < 0.4
+    with running_server(model=model, thresholds=art, model_outputs_logits=True) as server:
+        with grpc.insecure_channel(target_of(server)) as channel:
+            stub = pb_grpc.LabelQualityStub(channel)
+            request = pb.ScoreRequest(
+                examples=[
+                    pb.Example(
+                        id=f"l{i}",
+                        features=pb.FloatFeatures(values=x[i].tolist()),
+                        labels=[CLASS_NAMES[k] for k in np.flatnonzero(y[i])],
+                    )
+                    for i in range(len(x))
+                ],
+                include_probabilities=True,
+            )
+            response = stub.Score(request, timeout=10)
+    got_p = np.array([list(r.probabilities) for r in response.results])
+    np.testing.assert_allclose(got_p, sigmoid_of_logits(x), rtol=0, atol=1e-6)
+    assert_results_match_core(list(response.results), got_p, y, art)
+    assert any(r.is_issue for r in response.results)
+
+
 def test_text_model_scores_raw_text(tmp_path: Path) -> None:
     import onnxruntime as ort
 
@@ -376,19 +448,30 @@ def test_sigterm_drains_an_in_flight_stream(artifact_path: Path) -> None:
             responses = stub.ScoreStream(requests(), timeout=60)
             outgoing.put(pb.ScoreRequest(examples=[pb.Example(id="a", probabilities=_probs())]))
             assert next(responses).results[0].id == "a"
-            proc.process.send_signal(signal.SIGTERM)
-            # health turns NOT_SERVING (or new calls are refused) while the stream drains
             health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 60
-            serving = True
-            while serving and time.monotonic() < deadline:
-                try:
-                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-                    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
-                except grpc.RpcError as exc:
-                    assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
-                    serving = False
-            assert not serving
+            serving = health_pb2.HealthCheckResponse.SERVING
+            not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+            # Watch calls opened before SIGTERM are in flight too, so they see the drain; a
+            # new Check cannot, as the server stops accepting connections when it drains.
+            # Each next() is bounded by the watch's deadline: a missing update fails, not hangs.
+            watches = [
+                health.Watch(health_pb2.HealthCheckRequest(service=name), timeout=30)
+                for name in ("", "labelwatch.v1.LabelQuality")
+            ]
+            assert [next(watch).status for watch in watches] == [serving, serving]
+            proc.process.send_signal(signal.SIGTERM)
+            # strictly NOT_SERVING, while the stream above is still open and draining
+            assert [next(watch).status for watch in watches] == [not_serving, not_serving]
+            assert proc.process.poll() is None
+            for watch in watches:
+                watch.cancel()
+            # a new health check is answered NOT_SERVING or refused (UNAVAILABLE once the
+            # listener is closed, CANCELLED if it races the shutdown), never SERVING
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                assert reply.status == not_serving
+            except grpc.RpcError as exc:
+                assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
             # the open stream is still answered after SIGTERM
             outgoing.put(pb.ScoreRequest(examples=[pb.Example(id="b", probabilities=_probs())]))
             assert next(responses).results[0].id == "b"
@@ -448,3 +531,36 @@ def test_serve_with_a_model_but_no_artifact_says_what_to_pass(tmp_path: Path) ->
     assert done.returncode == 2
     assert "--thresholds" in done.stderr and "--model" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _serve_help_of(flag: str) -> str:
+    """The ``labelwatch serve --help`` entry of ``flag``, whitespace collapsed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "labelwatch.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_env(), "COLUMNS": "100"},
+    )
+    assert done.returncode == 0, done.stderr
+    options = done.stdout[done.stdout.index("\noptions:") :]
+    entries = re.split(r"\n  (?=--)", options)
+    [entry] = [e for e in entries if e.startswith(f"{flag} ")]
+    return " ".join(entry.split())
+
+
+def test_serve_help_lists_the_filter_by_choices_and_default() -> None:
+    entry = _serve_help_of("--filter-by")
+    for rule in FilterBy:
+        assert rule.value in entry
+    assert "default confident_learning" in entry
+    assert "LABELWATCH_FILTER_BY" in entry
+
+
+@pytest.mark.parametrize("flag", ["--model", "--thresholds"])
+def test_serve_help_says_the_embedded_default_model_is_served_without_model_flags(
+    flag: str,
+) -> None:
+    entry = _serve_help_of(flag)
+    assert "embedded default model" in entry
+    assert "--model" in entry and "--thresholds" in entry

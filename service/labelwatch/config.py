@@ -24,13 +24,18 @@ class Settings:
 
     model: Path | None = field(
         default=None,
-        metadata={"help": "ONNX multi-label classifier (float (N, D) or string input)."},
+        metadata={
+            "help": "ONNX multi-label classifier (float (N, D) or string input); needs "
+            "--thresholds. With neither --model nor --thresholds the server serves the "
+            "embedded default model: a debtags text classifier (124 tags) and its artifact."
+        },
     )
     thresholds: Path | None = field(
         default=None,
         metadata={
             "help": "calibration artifact (JSON) from `labelwatch calibrate`. Without --model, "
-            "the server accepts only client-computed probabilities."
+            "the server accepts only client-computed probabilities. With neither flag the "
+            "embedded default model and its artifact are served."
         },
     )
     model_output: str | None = field(
@@ -72,7 +77,11 @@ class Settings:
     )
     filter_by: FilterBy = field(
         default=FilterBy.CONFIDENT_LEARNING,
-        metadata={"help": "flag rule.", "choices": [f.value for f in FilterBy]},
+        metadata={
+            "help": "rule that flags a tag as missing or spurious, as cleanlab's filter_by; one "
+            "of " + ", ".join(f.value for f in FilterBy) + " (docs/detection.md compares them).",
+            "choices": [f.value for f in FilterBy],
+        },
     )
     threads: int = field(
         default=32, metadata={"help": "gRPC handler threads per process (concurrent calls)."}

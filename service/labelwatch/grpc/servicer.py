@@ -11,7 +11,7 @@ from typing import NoReturn, Protocol, TypeVar
 import grpc
 
 from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
-from labelwatch.errors import DeadlineExpired, PublicError
+from labelwatch.errors import DeadlineExpired, ErrorCode, PublicError
 from labelwatch.grpc.converters import (
     DEFAULT_LIMITS,
     check_request_size,
@@ -30,6 +30,9 @@ T = TypeVar("T")
 
 def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> NoReturn:
     if isinstance(exc, PublicError):
+        if exc.code is ErrorCode.INTERNAL:
+            # e.g. ModelFailure: the caller gets its short message, the operator the cause
+            log.error("event=internal_error method=%s error=%s", method, exc.message, exc_info=exc)
         context.abort(STATUS_OF[exc.code], exc.message)
     log.exception("event=internal_error method=%s", method)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
