@@ -317,7 +317,11 @@ def screenshot(
         browser.close()
 
 
-def _start_label_studio(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_label_studio(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """Label Studio on 127.0.0.1:``port`` with its SQLite database and log under ``data_dir``.
+
+    The user ``USER``/``PASSWORD`` with the legacy token ``TOKEN`` is made on the first start.
+    """
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("LABELWATCH_")},
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
@@ -357,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         procs: list[subprocess.Popen[bytes]] = []
         try:
             print("starting Label Studio (first start migrates its database: 1-2 minutes)")
-            procs.append(_start_label_studio(ls_dir, ls_port))
+            procs.append(start_label_studio(ls_dir, ls_port))
             wait_for(
                 lambda: ls("GET", "/api/projects?page_size=1") is not None, 300, "Label Studio"
             )

@@ -3,7 +3,8 @@
 * :func:`nats_server`: ``nats-server -js`` on a free loopback port with a temp
   store dir; it can be stopped and started again on the same port and store.
 * :func:`label_studio`: one Label Studio per test session (first start on a
-  fresh database 60-90 s), from the venv made by ``scripts/ci_delivery_deps.sh``.
+  fresh database 60-90 s), from the venv made by ``scripts/ci_delivery_deps.sh``;
+  :func:`label_studio_handle` gives its address without starting it.
 * :class:`WebhookReceiver`: a real HTTP server on 127.0.0.1 that records and
   answers what the test says.
 * :func:`delivery_server`: ``labelwatch serve`` as a child process with extra
@@ -279,11 +280,14 @@ def _stop_label_studio() -> None:
         shutil.rmtree(_LS.data_dir, ignore_errors=True)
 
 
-def label_studio() -> LabelStudio:
-    """The session's Label Studio, started on first use (skips/fails when not installed)."""
+def label_studio_handle() -> LabelStudio:
+    """The session's Label Studio, running or not: its URL, port and token stay fixed.
+
+    For a test that needs Label Studio's address while it is down (not started yet,
+    or stopped with :meth:`LabelStudio.stop`); :func:`label_studio` starts it there.
+    Skips/fails when Label Studio is not installed.
+    """
     global _LS
-    if _LS is not None and _LS.process is not None and _LS.process.poll() is None:
-        return _LS
     if not (LS_VENV / "bin" / "label-studio").exists():
         missing_dependency(
             f"Label Studio venv not found at {LS_VENV} (run scripts/ci_delivery_deps.sh)"
@@ -295,8 +299,16 @@ def label_studio() -> LabelStudio:
             f"http://127.0.0.1:{port}", LS_TOKEN, data_dir, port, data_dir / "label-studio.log"
         )
         atexit.register(_stop_label_studio)
-    _LS.start(LS_FIRST_START_SECONDS)
     return _LS
+
+
+def label_studio() -> LabelStudio:
+    """The session's Label Studio, started on first use (skips/fails when not installed)."""
+    if _LS is not None and _LS.process is not None and _LS.process.poll() is None:
+        return _LS
+    ls = label_studio_handle()
+    ls.start(LS_FIRST_START_SECONDS)
+    return ls
 
 
 # -- webhook receiver -----------------------------------------------------------------------

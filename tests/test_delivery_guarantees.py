@@ -3,8 +3,8 @@
 * kill -9 in the middle of a 10,000-example ScoreStream loses no flag the client
   saw; after a restart each sink gets each flag, and Label Studio and JetStream
   hold no duplicates; the outbox passes ``PRAGMA integrity_check``.
-* A sink that is down does not slow scoring; its backlog grows and drains in
-  order when it is back.
+* A sink that is down (nats-server or Label Studio) does not slow scoring; its
+  backlog grows and drains in order when it is back.
 * A watch consumer that disconnects without acking gets the same flags again
   (also across a server restart); one that acked does not.
 * An unwritable outbox (bad path, or a full disk) makes the server report
@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from labelwatch.flag import dedupe_key
 from labelwatch.outbox import Outbox
@@ -34,7 +36,9 @@ from support_delivery import (
     clean_example,
     delivery_server,
     flagged_example,
+    free_port,
     label_studio,
+    label_studio_handle,
     nats_server,
     stream_messages,
     wait_until,
@@ -58,6 +62,28 @@ def flag_ids_of(request: pb.ScoreRequest, response: pb.ScoreResponse) -> list[st
         for ex, result in zip(request.examples, response.results, strict=True)
         if result.is_issue
     ]
+
+
+def timed_batches(stub: pb_grpc.LabelQualityStub, start: int, n: int) -> list[float]:
+    """Score batches ``start..start+n`` of 10 flagged examples each; seconds per Score call."""
+    out = []
+    for b in range(start, start + n):
+        request = pb.ScoreRequest(examples=[flagged_example(b * 10 + i) for i in range(10)])
+        began = time.perf_counter()
+        stub.Score(request, timeout=10)
+        out.append(time.perf_counter() - began)
+    return out
+
+
+def scrape(metrics_url: str, name: str, **labels: str) -> float | None:
+    """One sample of ``name`` with exactly ``labels`` from a /metrics page (None if absent)."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        families = text_string_to_metric_families(response.read().decode())
+    for family in families:
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
 
 
 def health_status(target: str) -> int:
@@ -145,21 +171,10 @@ def test_a_down_sink_does_not_slow_scoring_and_drains_in_order(tmp_path: Path) -
             stub = pb_grpc.LabelQualityStub(channel(server.target))
             box = Outbox(outbox_path, create=False)
 
-            def timed_batches(start: int, n: int) -> list[float]:
-                out = []
-                for b in range(start, start + n):
-                    request = pb.ScoreRequest(
-                        examples=[flagged_example(b * 10 + i) for i in range(10)]
-                    )
-                    began = time.perf_counter()
-                    stub.Score(request, timeout=10)
-                    out.append(time.perf_counter() - began)
-                return out
-
-            up = timed_batches(0, 30)
+            up = timed_batches(stub, 0, 30)
             wait_until(lambda: box.backlog("sink", "nats").pending == 0, 20, "delivery while up")
             nats.stop()
-            down = timed_batches(30, 30)
+            down = timed_batches(stub, 30, 30)
             assert box.backlog("sink", "nats").pending == 300
             assert statistics.median(down) < 3 * statistics.median(up) + 0.02, (up, down)
             assert max(down) < 1.0
@@ -173,6 +188,75 @@ def test_a_down_sink_does_not_slow_scoring_and_drains_in_order(tmp_path: Path) -
     positions = [int(str(body["position"])) for _, body in got]
     assert positions == sorted(positions) and len(positions) == 600
     box.close()
+
+
+def test_label_studio_down_does_not_slow_scoring_and_drains_in_order(tmp_path: Path) -> None:
+    """The same guarantee with the Label Studio sink, through the real server.
+
+    The sink points at the session's Label Studio while it is down (stopped, or not
+    started yet in this session: its port is closed either way); the latency of the
+    same workload on a server without sinks is the baseline.
+    """
+    ls = label_studio_handle()
+    title = f"labelwatch ls-down {uuid.uuid4().hex[:8]}"
+    token_file = tmp_path / "ls-token"
+    token_file.write_text(ls.token)
+    common = ["--thresholds", str(write_artifact(tmp_path / "thresholds.json")), *FAST_RETRY]
+    plain_args = [*common, "--outbox", str(tmp_path / "baseline.sqlite3")]
+    with delivery_server(plain_args, log_dir=tmp_path) as plain:
+        baseline = timed_batches(pb_grpc.LabelQualityStub(channel(plain.target)), 0, 30)
+
+    ls.stop()
+    outbox_path = tmp_path / "outbox.sqlite3"
+    metrics_port = free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    args = [
+        *common,
+        "--outbox", str(outbox_path),
+        "--metrics-port", str(metrics_port),
+        "--label-studio-url", ls.url,
+        "--label-studio-token-file", str(token_file),
+        "--label-studio-project", title,
+    ]  # fmt: skip
+
+    def pending() -> float | None:
+        return scrape(metrics_url, "labelwatch_outbox_pending", sink="label_studio")
+
+    def unavailable() -> float:
+        sample = scrape(
+            metrics_url, "labelwatch_deliveries_total", sink="label_studio", outcome="unavailable"
+        )
+        return sample or 0.0
+
+    with delivery_server(args, log_dir=tmp_path) as server:
+        stub = pb_grpc.LabelQualityStub(channel(server.target))
+        try:
+            down = timed_batches(stub, 0, 15)
+            wait_until(lambda: unavailable() > 0, 30, "an attempt on the down Label Studio")
+            assert pending() == 150
+            tried = unavailable()
+            down += timed_batches(stub, 15, 15)
+            assert pending() == 300  # the backlog grows with every scored batch
+            assert statistics.median(down) < 3 * statistics.median(baseline) + 0.02, (
+                baseline,
+                down,
+            )
+            assert max(down) < 1.0, down
+            # the worker keeps retrying meanwhile; nothing is dropped
+            wait_until(lambda: unavailable() > tried, 30, "a retry on the down Label Studio")
+            assert pending() == 300
+        finally:
+            label_studio()  # up again (a first start in this session takes 60-90 s)
+        wait_until(lambda: pending() == 0, 120, "the backlog to drain into Label Studio", 0.5)
+
+    box = Outbox(outbox_path, create=False)
+    stored = [f.flag_id for f in box.flags(limit=10_000)]
+    box.close()
+    assert len(stored) == 300
+    project = ls.project(title)
+    assert project is not None, f"no Label Studio project {title!r}"
+    tasks = sorted(ls.tasks(int(project["id"])), key=lambda t: int(t["id"]))
+    assert [t["data"]["labelwatch_flag_id"] for t in tasks] == stored  # in order, no duplicates
 
 
 def _watch(target: str, consumer: str, n: int) -> list[fpb.Flag]:
