@@ -370,6 +370,30 @@ def test_model_outputs_logits_applies_a_sigmoid(tmp_path: Path) -> None:
     assert any(r.is_issue for r in response.results)
 
 
+def test_logits_served_as_probabilities_are_refused_naming_the_flag(tmp_path: Path) -> None:
+    model, w, b = logits_model(tmp_path / "logits.onnx")
+    rng = np.random.default_rng(9)
+    calib_p = rng.random((300, K))
+    art = write_artifact(
+        tmp_path / "t.json", model_path=model, probs=calib_p, labels=rng.random((300, K)) < calib_p
+    )
+    x = rng.normal(size=(4, 4)).astype(np.float32)
+    assert ((x @ w + b) > 1).any(), "some logits must fall outside [0, 1]"
+    with running_server(model=model, thresholds=art) as server:
+        with grpc.insecure_channel(target_of(server)) as channel:
+            stub = pb_grpc.LabelQualityStub(channel)
+            request = pb.ScoreRequest(
+                examples=[
+                    pb.Example(id=f"l{i}", features=pb.FloatFeatures(values=x[i].tolist()))
+                    for i in range(len(x))
+                ]
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Score(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+    assert "--model-outputs-logits" in (err.value.details() or "")  # type: ignore[attr-defined]
+
+
 def test_text_model_scores_raw_text(tmp_path: Path) -> None:
     import onnxruntime as ort
 

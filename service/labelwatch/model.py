@@ -51,6 +51,11 @@ class SessionSettings:
     allow_spinning: bool = True
 
 
+OUTPUT_SLACK = 1e-5
+"""How far outside [0, 1] a probability may fall (float32 rounding) before the output is
+refused as not probabilities (e.g. logits served without ``--model-outputs-logits``)."""
+
+
 class OnnxModel:
     """A loaded multi-label ONNX classifier (thread-safe: onnxruntime sessions are)."""
 
@@ -189,6 +194,11 @@ class OnnxModel:
             out = 1.0 / (1.0 + np.exp(-out))
         if not np.isfinite(out).all():
             raise ModelFailure("model produced non-finite probabilities")
+        if out.size and (out.min() < -OUTPUT_SLACK or out.max() > 1.0 + OUTPUT_SLACK):
+            raise ModelFailure(
+                f"model output outside [0, 1] (min {out.min():.4g}, max {out.max():.4g}): "
+                "if the model outputs logits, serve it with --model-outputs-logits"
+            )
         # float32 rounding may step just outside [0, 1]
         np.clip(out, 0.0, 1.0, out=out)
         return out
