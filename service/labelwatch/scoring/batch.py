@@ -30,8 +30,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from labelwatch.scoring import flags as rules
-from labelwatch.scoring.pooling import class_scores, pool
-from labelwatch.scoring.thresholds import as_arrays, fit_thresholds
+from labelwatch.scoring.pooling import label_quality
+from labelwatch.scoring.sides import split_sides
+from labelwatch.scoring.thresholds import as_arrays, fit_thresholds, thresholds_of
 from labelwatch.scoring.types import ClassScore, FilterBy, Pooling
 
 RANK_RULES = (FilterBy.PRUNE_BY_NOISE_RATE, FilterBy.PRUNE_BY_CLASS, FilterBy.BOTH)
@@ -71,7 +72,8 @@ def find_label_issues(
             f"{', '.join(r.value for r in RANK_RULES)}, not {rule.value!r}"
         )
     probs, tags = as_arrays(pred_probs, labels)
-    thresholds = fit_thresholds(probs, tags)
+    sides = split_sides(probs, tags)  # shared by the thresholds and the rank rules
+    thresholds = thresholds_of(sides)
     if rule is FilterBy.CONFIDENT_LEARNING:
         return rules.confident_learning(probs, tags, thresholds)
     if rule is FilterBy.PREDICTED_NEQ_GIVEN:
@@ -87,10 +89,10 @@ def find_label_issues(
         num_to_remove_per_class=num_to_remove_per_class,
     )
     if rule is FilterBy.PRUNE_BY_NOISE_RATE:
-        return rules.prune_by_noise_rate(probs, tags, plan)
+        return rules.prune_by_noise_rate(probs, tags, plan, sides)
     if rule is FilterBy.PRUNE_BY_CLASS:
-        return rules.prune_by_class(probs, tags, plan)
-    return rules.both(probs, tags, plan)
+        return rules.prune_by_class(probs, tags, plan, sides)
+    return rules.both(probs, tags, plan, sides)
 
 
 def label_quality_scores(
@@ -116,5 +118,12 @@ def label_quality_scores(
     """
     probs, tags = as_arrays(pred_probs, labels)
     adjusted_by = fit_thresholds(probs, tags) if adjust_pred_probs else None
-    scores = class_scores(probs, tags, ClassScore(method), adjusted_by=adjusted_by)
-    return pool(scores, Pooling(pooling), alpha=alpha, temperature=temperature)
+    return label_quality(
+        probs,
+        tags,
+        ClassScore(method),
+        adjusted_by=adjusted_by,
+        pooling=Pooling(pooling),
+        alpha=alpha,
+        temperature=temperature,
+    )

@@ -34,10 +34,16 @@ def confident_assignment(
     one side clears its threshold (``1 - p >= t0 - 1e-6`` or ``p >= t1 - 1e-6``);
     ``guess`` the confident side (both clear: ``p > 1 - p``, argmax's tie-break).
     """
-    above0 = (1 - probs) >= thresholds.t0 - TOLERANCE
-    above1 = probs >= thresholds.t1 - TOLERANCE
-    guess = np.where(above0 & above1, probs > 1 - probs, above1)
-    return above0 | above1, guess
+    q = np.subtract(1.0, probs)
+    above0 = np.greater_equal(q, thresholds.t0 - TOLERANCE)
+    above1 = np.greater_equal(probs, thresholds.t1 - TOLERANCE)
+    # guess = where(above0 & above1, p > q, above1), without float temporaries.
+    guess = np.less_equal(probs, q)
+    guess &= above0
+    np.logical_not(guess, out=guess)
+    guess &= above1
+    above0 |= above1
+    return above0, guess
 
 
 def confident_joint(
@@ -45,10 +51,15 @@ def confident_joint(
 ) -> NDArray[np.int64]:
     """``(K, 2, 2)`` counts ``[k, given, guessed]``, diagonal raised to at least 1."""
     counted, guess = confident_assignment(probs, thresholds)
+    # guess implies counted, so four column counts give the four cells.
+    tagged_guess = np.count_nonzero(guess & tags, axis=0)
+    tagged_counted = np.count_nonzero(counted & tags, axis=0)
+    untagged_guess = np.count_nonzero(guess, axis=0) - tagged_guess
     cj = np.empty((probs.shape[1], 2, 2), dtype=np.int64)
-    for g, given in enumerate((~tags, tags)):
-        for t, guessed in enumerate((~guess, guess)):
-            cj[:, g, t] = (counted & given & guessed).sum(axis=0)
+    cj[:, 1, 1] = tagged_guess
+    cj[:, 1, 0] = tagged_counted - tagged_guess
+    cj[:, 0, 1] = untagged_guess
+    cj[:, 0, 0] = np.count_nonzero(counted, axis=0) - tagged_counted - untagged_guess
     cj[_DIAG] = np.maximum(cj[_DIAG], 1)
     return cj
 

@@ -10,7 +10,7 @@ except the two score rules, which cleanlab does not reduce either.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +25,7 @@ from labelwatch.scoring.counts import (
     prune_count_matrix,
 )
 from labelwatch.scoring.pooling import exponential_moving_average, self_confidence
+from labelwatch.scoring.sides import Sides, split_sides
 from labelwatch.scoring.types import Thresholds
 
 Flags = NDArray[np.bool_]
@@ -46,19 +47,30 @@ def model_disagrees(probs: NDArray[np.float64], tags: NDArray[np.bool_]) -> Flag
     return out
 
 
+def keep_disagreeing(flags: Flags, probs: NDArray[np.float64], tags: NDArray[np.bool_]) -> Flags:
+    """``flags & model_disagrees(probs, tags)``, in place on ``flags`` (all ``(N, K)``).
+
+    :func:`model_disagrees` is evaluated on the flagged pairs only, usually a few percent.
+    """
+    flagged = np.flatnonzero(flags)
+    agrees = ~model_disagrees(probs.take(flagged), tags.take(flagged))
+    np.put(flags, flagged[agrees], False)
+    return flags
+
+
 def confident_learning(
     probs: NDArray[np.float64], tags: NDArray[np.bool_], thresholds: Thresholds
 ) -> Flags:
     """Off-diagonal pairs of the confident joint (confidently the other side), reduced."""
     counted, guess = confident_assignment(probs, thresholds)
-    out: Flags = counted & (guess != tags) & model_disagrees(probs, tags)
-    return out
+    np.not_equal(guess, tags, out=guess)
+    guess &= counted
+    return keep_disagreeing(guess, probs, tags)
 
 
 def predicted_neq_given(probs: NDArray[np.float64], tags: NDArray[np.bool_]) -> Flags:
     """Binary argmax (``p > 1 - p``) differs from the tag, reduced."""
-    out: Flags = ((probs > 1 - probs) != tags) & model_disagrees(probs, tags)
-    return out
+    return keep_disagreeing((probs > 1 - probs) != tags, probs, tags)
 
 
 @dataclass(frozen=True)
@@ -101,73 +113,164 @@ def prune_plan(
     )
 
 
+RankKey = Callable[[NDArray[np.float64], NDArray[np.bool_]], NDArray[np.float64]]
+"""``key(probs, tags)``, elementwise: a rank rule takes the lowest keys of each class and
+side first. Every key here is non-decreasing in ``p`` where tagged and non-increasing
+where untagged, so ordering a side by key is ordering it by ``p``."""
+
+
+def noise_rate_key(probs: NDArray[np.float64], tags: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """``-margins``: ``prune_by_noise_rate`` takes the largest margins first."""
+    return -margins(probs, tags)
+
+
+@dataclass(frozen=True)
+class Cuts:
+    """Where a rank rule stops in each class and side.
+
+    ``p`` ``(K, 2)`` float64: a tagged pair of class k is taken iff its ``p <= p[k, 1]``,
+    an untagged one iff ``p >= p[k, 0]`` (``-inf``/``inf``: no pair by this test).
+    ``exact``: ``(class, side, taken example indices)`` for the sides whose key
+    is tied at the cut, taken by cleanlab's own ``argsort`` instead.
+    """
+
+    p: NDArray[np.float64]
+    exact: tuple[tuple[int, int, NDArray[np.intp]], ...]
+
+    def flags(self, probs: NDArray[np.float64], tags: NDArray[np.bool_]) -> Flags:
+        """``(N, K)`` bool: the pairs taken."""
+        flags = np.less_equal(probs, self.p[:, 1])
+        flags &= tags
+        untagged = np.greater_equal(probs, self.p[:, 0])
+        flags |= np.greater(untagged, tags, out=untagged)  # untagged & ~tags
+        for c, _, taken in self.exact:
+            flags[taken, c] = True
+        return flags
+
+    def last(self, probs: NDArray[np.float64], tags: NDArray[np.bool_]) -> NDArray[np.int64]:
+        """``(K, 2)`` int64: example index of the last pair taken per class and side, -1: none."""
+        last = np.full(self.p.shape, -1, dtype=np.int64)
+        for g, side in enumerate((~tags, tags)):
+            hit = (probs == self.p[:, g]) & side  # one pair per column at most
+            found = hit.any(axis=0)
+            last[found, g] = hit.argmax(axis=0)[found]
+        for c, g, taken in self.exact:
+            last[c, g] = taken[-1]
+        return last
+
+
+def rank_cuts(
+    probs: NDArray[np.float64],
+    tags: NDArray[np.bool_],
+    key: RankKey,
+    n_take: NDArray[np.int64],
+    eligible: NDArray[np.bool_],
+    sides: Sides | None = None,
+) -> Cuts:
+    """Per class and side, the ``n_take`` pairs with the lowest ``key`` (``(N, K)`` data).
+
+    cleanlab ranks each class-side subset with ``np.argsort`` (not stable). Here
+    a partial selection finds the cut's ``p`` and its two neighbours in ``p``
+    order; when their keys differ from the cut's, the taken set does not depend
+    on how argsort orders ties, and when one equals it that class and side is
+    ranked by cleanlab's argsort, so ties at the cut are broken identically.
+    ``sides``: :func:`split_sides` of the same data (values kept), if already computed.
+    """
+    if sides is None:
+        sides = split_sides(probs, tags)
+    take = np.minimum(n_take, sides.counts)  # argsort(...)[:n] takes at most the side
+    cut = np.empty(take.shape, dtype=np.float64)
+    cut[:, 0], cut[:, 1] = np.inf, -np.inf
+    classes, side_of = np.nonzero(eligible & (take > 0))
+    window = np.full((classes.shape[0], 3), np.nan)  # p before, at and after the cut
+    starts = [s.tolist() for s in sides.starts]
+    for i, (c, g) in enumerate(zip(classes.tolist(), side_of.tolist(), strict=True)):
+        size = int(sides.counts[c, g])
+        segment = sides.values[g][starts[g][c] + 1 : starts[g][c] + 1 + size]
+        at = int(take[c, g]) - 1 if g else size - int(take[c, g])  # ascending p order
+        lo, hi = max(at - 1, 0), min(at + 2, size)
+        window[i, lo - at + 1 : hi - at + 1] = np.partition(segment, range(lo, hi))[lo:hi]
+    keys = key(window, np.repeat(side_of.astype(np.bool_)[:, None], 3, axis=1))
+    tied = (keys[:, 0] == keys[:, 1]) | (keys[:, 2] == keys[:, 1])
+    cut[classes[~tied], side_of[~tied]] = window[~tied, 1]
+    exact = []
+    for c, g in zip(classes[tied].tolist(), side_of[tied].tolist(), strict=True):
+        column = key(probs[:, c], tags[:, c])
+        idx = np.flatnonzero(tags[:, c] == bool(g))
+        exact.append((c, g, idx[np.argsort(column[idx])[: take[c, g]]]))
+    return Cuts(p=cut, exact=tuple(exact))
+
+
 @dataclass(frozen=True)
 class Ranked:
-    """Result of :func:`take_ranked`: ``flags`` ``(N, K)``; ``last`` ``(K, 2)`` int64,
+    """A rank rule's pairs before reduction: ``flags`` ``(N, K)``; ``last`` ``(K, 2)`` int64,
     the example index of the last pair taken per class and side (-1: none taken)."""
 
     flags: Flags
     last: NDArray[np.int64]
 
 
-def take_ranked(
-    key: NDArray[np.float64],
-    tags: NDArray[np.bool_],
-    n_take: NDArray[np.int64],
-    eligible: NDArray[np.bool_],
-) -> Ranked:
-    """Per class and side, flag the ``n_take`` pairs with the smallest ``key``.
-
-    ``key`` is ``(N, K)``; ranking is ``np.argsort`` (numpy's default kind) of
-    each class-side subset in example order, exactly cleanlab's call, so ties
-    at the cut are broken identically.
-    """
-    n, k = key.shape
-    flags = np.zeros((n, k), dtype=np.bool_)
-    last = np.full((k, 2), -1, dtype=np.int64)
-    key_t = np.ascontiguousarray(key.T)
-    tags_t = np.ascontiguousarray(tags.T)
-    for c, g in zip(*np.nonzero(eligible & (n_take > 0)), strict=True):
-        idx = np.flatnonzero(tags_t[c] == bool(g))
-        taken = idx[np.argsort(key_t[c][idx])[: n_take[c, g]]]
-        flags[taken, c] = True
-        last[c, g] = taken[-1]
-    return Ranked(flags=flags, last=last)
+def _ranked(probs: NDArray[np.float64], tags: NDArray[np.bool_], cuts: Cuts) -> Ranked:
+    return Ranked(flags=cuts.flags(probs, tags), last=cuts.last(probs, tags))
 
 
 def prune_by_noise_rate_ranked(
-    probs: NDArray[np.float64], tags: NDArray[np.bool_], plan: PrunePlan
+    probs: NDArray[np.float64],
+    tags: NDArray[np.bool_],
+    plan: PrunePlan,
+    sides: Sides | None = None,
 ) -> Ranked:
     """Largest margins first, ``plan.by_noise_rate`` per class and side (not reduced)."""
-    return take_ranked(-margins(probs, tags), tags, plan.by_noise_rate, plan.eligible)
+    cuts = rank_cuts(probs, tags, noise_rate_key, plan.by_noise_rate, plan.eligible, sides)
+    return _ranked(probs, tags, cuts)
 
 
 def prune_by_class_ranked(
-    probs: NDArray[np.float64], tags: NDArray[np.bool_], plan: PrunePlan
+    probs: NDArray[np.float64],
+    tags: NDArray[np.bool_],
+    plan: PrunePlan,
+    sides: Sides | None = None,
 ) -> Ranked:
     """Smallest given-side probability first, ``plan.by_class`` per class and side."""
-    return take_ranked(self_confidence(probs, tags), tags, plan.by_class, plan.eligible)
+    cuts = rank_cuts(probs, tags, self_confidence, plan.by_class, plan.eligible, sides)
+    return _ranked(probs, tags, cuts)
 
 
 def prune_by_noise_rate(
-    probs: NDArray[np.float64], tags: NDArray[np.bool_], plan: PrunePlan
+    probs: NDArray[np.float64],
+    tags: NDArray[np.bool_],
+    plan: PrunePlan,
+    sides: Sides | None = None,
 ) -> Flags:
     """cleanlab's default rule: the ``num2prune`` largest margins per class and side."""
-    ranked = prune_by_noise_rate_ranked(probs, tags, plan)
-    return ranked.flags & model_disagrees(probs, tags)
+    cuts = rank_cuts(probs, tags, noise_rate_key, plan.by_noise_rate, plan.eligible, sides)
+    return keep_disagreeing(cuts.flags(probs, tags), probs, tags)
 
 
-def prune_by_class(probs: NDArray[np.float64], tags: NDArray[np.bool_], plan: PrunePlan) -> Flags:
+def prune_by_class(
+    probs: NDArray[np.float64],
+    tags: NDArray[np.bool_],
+    plan: PrunePlan,
+    sides: Sides | None = None,
+) -> Flags:
     """The ``num_issues`` least self-confident pairs per class and side."""
-    ranked = prune_by_class_ranked(probs, tags, plan)
-    return ranked.flags & model_disagrees(probs, tags)
+    cuts = rank_cuts(probs, tags, self_confidence, plan.by_class, plan.eligible, sides)
+    return keep_disagreeing(cuts.flags(probs, tags), probs, tags)
 
 
-def both(probs: NDArray[np.float64], tags: NDArray[np.bool_], plan: PrunePlan) -> Flags:
+def both(
+    probs: NDArray[np.float64],
+    tags: NDArray[np.bool_],
+    plan: PrunePlan,
+    sides: Sides | None = None,
+) -> Flags:
     """Flagged by both :func:`prune_by_noise_rate` and :func:`prune_by_class`."""
-    by_rate = prune_by_noise_rate_ranked(probs, tags, plan).flags
-    by_class = prune_by_class_ranked(probs, tags, plan).flags
-    return by_rate & by_class & model_disagrees(probs, tags)
+    sides = split_sides(probs, tags) if sides is None else sides
+    by_rate = rank_cuts(probs, tags, noise_rate_key, plan.by_noise_rate, plan.eligible, sides)
+    by_class = rank_cuts(probs, tags, self_confidence, plan.by_class, plan.eligible, sides)
+    flags = by_rate.flags(probs, tags)
+    flags &= by_class.flags(probs, tags)
+    return keep_disagreeing(flags, probs, tags)
 
 
 RULE_ALPHA = 0.8

@@ -22,9 +22,21 @@ SOFTMIN_MIN_TEMPERATURE = 1e-6
 """cleanlab's ``EPSILON``: the softmin temperature is floored at this."""
 
 
+SORT_MAX = 256
+"""Rows up to this long are sorted whole for the EMA (faster than selecting there)."""
+SELECT_BLOCK = 256
+"""Longer rows are cut down to their smallest scores block by block of this many."""
+ROW_BLOCK_BYTES = 2**22
+""":func:`label_quality` scores about this many bytes of ``(rows, K)`` float64 at a time."""
+
+
 def self_confidence(probs: NDArray[np.float64], tags: NDArray[np.bool_]) -> NDArray[np.float64]:
     """``(N, K)``: ``p`` where tagged, ``1 - p`` where not."""
-    return np.where(tags, probs, 1 - probs)
+    if probs.shape != tags.shape:
+        return np.where(tags, probs, 1 - probs)
+    out = np.subtract(1.0, probs)
+    np.putmask(out, tags, probs)  # same values as np.where, fewer passes
+    return out
 
 
 def _adjusted(
@@ -52,6 +64,8 @@ def class_scores(
     threshold added back and each row renormalised (class-imbalance adjustment).
     """
     if adjusted_by is None:
+        if method is ClassScore.SELF_CONFIDENCE:
+            return self_confidence(probs, tags)
         p0, p1 = 1 - probs, probs
     else:
         p0, p1 = _adjusted(probs, adjusted_by)
@@ -85,28 +99,61 @@ def ema_tail_size(alpha: float) -> int | None:
     return m
 
 
+def smallest_sorted(
+    scores: NDArray[np.float64], m: int, *, overwrite: bool = False
+) -> NDArray[np.float64]:
+    """``(N, min(m, K))``: the ``m`` smallest of each row of ``(N, K)`` ``scores``, ascending.
+
+    Long rows are cut down first, block by block (the m smallest of a row are
+    among the m smallest of its blocks), with ``np.partition``; the rest is a
+    sort. ``overwrite``: ``scores`` may be sorted in place.
+    """
+    n, k = scores.shape
+    if m < k and k > SORT_MAX:
+        if 2 * m > SELECT_BLOCK:
+            scores = np.partition(scores, m - 1, axis=1)[:, :m]
+        while scores.shape[1] > SORT_MAX and 2 * m <= SELECT_BLOCK:
+            k = scores.shape[1]
+            full = k - k % SELECT_BLOCK
+            blocks = scores[:, :full].reshape(n, full // SELECT_BLOCK, SELECT_BLOCK)
+            kept = np.partition(blocks, m - 1, axis=2)[:, :, :m].reshape(n, -1)
+            scores = np.concatenate([kept, scores[:, full:]], axis=1)
+        overwrite = True
+    out = scores if overwrite else scores.copy()
+    out.sort(axis=1)
+    return out[:, :m]
+
+
 def exponential_moving_average(
-    scores: NDArray[np.float64], alpha: float = 0.8, *, tail: int | None = -1
+    scores: NDArray[np.float64],
+    alpha: float = 0.8,
+    *,
+    tail: int | None = -1,
+    overwrite: bool = False,
 ) -> NDArray[np.float64]:
     """cleanlab's ``exponential_moving_average`` of each row of ``(N, K)`` scores -> ``(N,)``.
 
     Rows are sorted descending and ``ema = alpha * s + (1 - alpha) * ema`` runs
     from the largest to the smallest score. Only the ``tail`` smallest scores
-    are selected (``np.partition``, O(K)); ``tail=-1`` means :func:`ema_tail_size`,
-    ``None`` a full sort. With ``K <= tail`` this is cleanlab's result bit for bit.
+    are selected (:func:`smallest_sorted`, O(K)); ``tail=-1`` means
+    :func:`ema_tail_size`, ``None`` a full sort. With ``K <= tail`` this is
+    cleanlab's result bit for bit. ``overwrite``: ``scores`` may be reordered.
 
     >>> exponential_moving_average(np.array([[0.9, 0.9, 0.3], [0.4, 0.9, 0.6]]))
     array([0.42 , 0.452])
     """
     k = scores.shape[1]
     m = ema_tail_size(alpha) if tail == -1 else tail
-    if m is not None and m < k:
-        scores = np.partition(scores, m - 1, axis=1)[:, :m]
-    columns = np.fliplr(np.sort(scores, axis=1)).T
-    ema = columns[0]
+    smallest = smallest_sorted(scores, k if m is None else min(m, k), overwrite=overwrite)
+    columns = np.ascontiguousarray(smallest[:, ::-1].T)  # (m, N), largest first
+    ema: NDArray[np.float64] = columns[0].copy()
+    step = np.empty_like(ema)
     for column in columns[1:]:
-        ema = alpha * column + (1 - alpha) * ema
-    return np.asarray(ema, dtype=np.float64)
+        # alpha * s + (1 - alpha) * ema, in place: the same IEEE operations.
+        np.multiply(column, alpha, out=step)
+        ema *= 1 - alpha
+        ema += step
+    return ema
 
 
 def softmin(scores: NDArray[np.float64], temperature: float = 0.1) -> NDArray[np.float64]:
@@ -124,8 +171,37 @@ def pool(
     *,
     alpha: float = 0.8,
     temperature: float = 0.1,
+    overwrite: bool = False,
 ) -> NDArray[np.float64]:
-    """Pool ``(N, K)`` per-class scores into ``(N,)`` label-quality scores in [0, 1]."""
+    """Pool ``(N, K)`` per-class scores into ``(N,)`` label-quality scores in [0, 1].
+
+    ``overwrite``: ``scores`` may be reordered (the EMA sorts in place).
+    """
     if pooling is Pooling.EMA:
-        return exponential_moving_average(scores, alpha)
+        return exponential_moving_average(scores, alpha, overwrite=overwrite)
     return softmin(scores, temperature)
+
+
+def label_quality(
+    probs: NDArray[np.float64],
+    tags: NDArray[np.bool_],
+    method: ClassScore = ClassScore.SELF_CONFIDENCE,
+    *,
+    adjusted_by: Thresholds | None = None,
+    pooling: Pooling = Pooling.EMA,
+    alpha: float = 0.8,
+    temperature: float = 0.1,
+) -> NDArray[np.float64]:
+    """``(N,)``: :func:`class_scores` of ``(N, K)`` data pooled by :func:`pool`.
+
+    Rows are independent, so they go a block at a time: the ``(rows, K)``
+    temporaries stay in cache, and each block's scores are sorted in place.
+    """
+    n, k = probs.shape
+    rows = max(1, ROW_BLOCK_BYTES // max(1, 8 * k))
+    out = np.empty(n, dtype=np.float64)
+    for start in range(0, n, rows):
+        block = slice(start, start + rows)
+        scores = class_scores(probs[block], tags[block], method, adjusted_by=adjusted_by)
+        out[block] = pool(scores, pooling, alpha=alpha, temperature=temperature, overwrite=True)
+    return out

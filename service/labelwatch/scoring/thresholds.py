@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from labelwatch.scoring.sides import Sides, split_sides
 from labelwatch.scoring.types import Thresholds
 
 THRESHOLD_FLOOR = 2e-6
@@ -37,23 +38,16 @@ def fit_thresholds(pred_probs: ArrayLike, labels: ArrayLike) -> Thresholds:
     cleanlab: ``1 - p`` first, then ``np.mean`` over the masked column.
     """
     probs, tags = as_arrays(pred_probs, labels)
-    n, k = probs.shape
-    n_pos = tags.sum(axis=0, dtype=np.int64)
-    n_neg = (n - n_pos).astype(np.int64)
-    # (K, N) rows so each masked column is gathered from contiguous memory.
-    p1 = np.ascontiguousarray(probs.T)
-    p0 = 1 - p1
-    y = np.ascontiguousarray(tags.T)
-    t0 = np.full(k, EMPTY_SIDE)
-    t1 = np.full(k, EMPTY_SIDE)
-    for c in range(k):
-        if n_neg[c]:
-            t0[c] = np.mean(p0[c][~y[c]])
-        if n_pos[c]:
-            t1[c] = np.mean(p1[c][y[c]])
-    return Thresholds(
-        t0=np.clip(t0, THRESHOLD_FLOOR, None),
-        t1=np.clip(t1, THRESHOLD_FLOOR, None),
-        n_pos=n_pos,
-        n_neg=n_neg,
-    )
+    return thresholds_of(split_sides(probs, tags, keep_values=False))
+
+
+def thresholds_of(sides: Sides) -> Thresholds:
+    """:func:`fit_thresholds` from data already split by :func:`split_sides`.
+
+    Each side's mean is its exact ``np.sum`` (``sides.sums``) over its count, as ``np.mean``.
+    """
+    n_neg, n_pos = sides.counts[:, 0].copy(), sides.counts[:, 1].copy()
+    means = np.divide(sides.sums, np.maximum(sides.counts, 1))
+    means[sides.counts == 0] = EMPTY_SIDE
+    clipped = np.clip(means, THRESHOLD_FLOOR, None)
+    return Thresholds(t0=clipped[:, 0].copy(), t1=clipped[:, 1].copy(), n_pos=n_pos, n_neg=n_neg)
