@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 from typing import Any
 
 
 class LabelStudioError(Exception):
-    """Label Studio could not be reached or refused a request; ``status`` 0 = unreachable."""
+    """Label Studio could not be reached or refused a request.
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    ``status`` is the HTTP status, 0 when no answer came; ``timed_out`` says the
+    connection was made (or tried) but no answer came within the timeout.
+    """
+
+    def __init__(self, message: str, status: int = 0, *, timed_out: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.timed_out = timed_out
 
 
 def _is_jwt(token: str) -> bool:
@@ -71,6 +77,16 @@ class LabelStudioClient:
         except urllib.error.HTTPError as exc:
             detail = exc.read(500).decode("utf-8", "replace").strip()
             raise LabelStudioError(f"{where} answered HTTP {exc.code}: {detail}", exc.code) from exc
-        except (urllib.error.URLError, OSError) as exc:
+        except TimeoutError as exc:
+            late = f"{where}: no answer within {self._timeout}s"
+            raise LabelStudioError(late, timed_out=True) from exc
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, (TimeoutError, socket.timeout)):
+                late = f"{where}: no answer within {self._timeout}s"
+                raise LabelStudioError(late, timed_out=True) from exc
+            raise LabelStudioError(
+                f"cannot reach Label Studio at {self.url}: {exc.reason}"
+            ) from exc
+        except OSError as exc:
             raise LabelStudioError(f"cannot reach Label Studio at {self.url}: {exc}") from exc
         return json.loads(raw) if raw else None

@@ -27,16 +27,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from html import unescape
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from labelwatch.flag import Flag
+from labelwatch.labelstudio.client import LabelStudioClient, LabelStudioError
 from labelwatch.sinks.base import PermanentError, RetryableError, SinkUnavailable
 
 log = logging.getLogger(__name__)
@@ -126,10 +124,6 @@ def task_for(flag: Flag) -> dict[str, Any]:
     }
 
 
-def _is_jwt(token: str) -> bool:
-    return token.count(".") == 2 and token.startswith("ey")
-
-
 class LabelStudioSink:
     """Imports flags into the Label Studio project titled ``project`` at ``url``.
 
@@ -157,57 +151,27 @@ class LabelStudioSink:
         self.project_title = project
         self.class_names = tuple(class_names)
         self.max_batch = max_batch
-        self._token = token
-        self._timeout = timeout_seconds
-        self._access: str | None = None
+        self._client = LabelStudioClient(self.url, token, timeout_seconds=timeout_seconds)
         self.project_id: int | None = None
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _auth_header(self) -> str:
-        if not _is_jwt(self._token):
-            return f"Token {self._token}"
-        if self._access is None:
-            answer = self._send("POST", "/api/token/refresh/", {"refresh": self._token}, auth=False)
-            self._access = str(answer["access"])
-        return f"Bearer {self._access}"
-
-    def _send(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
-        headers = {"Accept": "application/json", "User-Agent": "labelwatch-label-studio/1"}
-        data = None
-        if body is not None:
-            data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-            headers["Content-Type"] = "application/json"
-        if auth:
-            headers["Authorization"] = self._auth_header()
-        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
-        where = f"Label Studio {method} {path}"
+    def _send(self, method: str, path: str, body: Any = None) -> Any:
+        """One JSON request; Label Studio's failures mapped to the sink's error kinds."""
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read(500).decode("utf-8", "replace").strip()
-            message = f"{where} answered HTTP {exc.code}: {detail}"
-            if exc.code == 401 and auth and self._access is not None:
-                self._access = None  # the access token expired: refresh on the next call
+            return self._client.request(method, path, body)
+        except LabelStudioError as exc:
+            message = str(exc)
+            if exc.timed_out or exc.status == 429 or exc.status >= 500:
                 raise RetryableError(message) from exc
-            if exc.code in (401, 403):
+            if exc.status == 0:
+                raise SinkUnavailable(message) from exc
+            if exc.status in (401, 403):
                 raise SinkUnavailable(message + " (check the Label Studio token)") from exc
-            if exc.code == 404:
+            if exc.status == 404:
                 self.project_id = None  # the project may be gone: look it up again on open
                 raise SinkUnavailable(message) from exc
-            if exc.code == 429 or exc.code >= 500:
-                raise RetryableError(message) from exc
             raise PermanentError(message) from exc
-        except TimeoutError as exc:
-            raise RetryableError(f"{where}: no answer within {self._timeout}s") from exc
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, (TimeoutError, socket.timeout)):
-                raise RetryableError(f"{where}: no answer within {self._timeout}s") from exc
-            raise SinkUnavailable(f"cannot reach Label Studio at {self.url}: {exc.reason}") from exc
-        except OSError as exc:
-            raise SinkUnavailable(f"cannot reach Label Studio at {self.url}: {exc}") from exc
-        return json.loads(raw) if raw else None
 
     # -- project -------------------------------------------------------------------------------
 
