@@ -655,3 +655,18 @@ def test_a_slow_model_holds_fetching_to_max_inflight_and_the_lag_is_reported(
     assert max(v[2] or 0 for v in seen) <= 2  # never more in hand than --max-inflight
     assert consumer.stats.processed == 10
     assert sample("labelwatch_ingest_in_flight_messages") == 0
+
+
+def test_consume_help_offers_model_and_stream_flags_but_not_the_servers() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "labelwatch.cli", "consume", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    options = set(re.findall(r"^  (--[a-z-]+)", out, re.M))  # option lines, not wrapped help
+    assert {"--nats", "--durable", "--model", "--thresholds", "--outbox"} <= options
+    assert "--max-inflight" in options
+    serve_only = {"--port", "--workers", "--threads", "--max-streams", "--tls-cert", "--http-port"}
+    assert not options & serve_only

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import os
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -386,9 +386,16 @@ def _converter(f: dataclasses.Field[Any]) -> Any:
     return str
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--flag`` per :class:`Settings` field, with help, unit and env name."""
+def add_arguments(
+    parser: argparse.ArgumentParser, *, exclude: Collection[str] = frozenset()
+) -> None:
+    """Add one ``--flag`` per :class:`Settings` field, with help, unit and env name.
+
+    ``exclude``: field names a command has no use for (they keep their defaults).
+    """
     for f in dataclasses.fields(Settings):
+        if f.name in exclude:
+            continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} [env {_env_name(f.name)}; default {_show(f.default)}]"
         if f.type in ("bool", bool):

@@ -63,6 +63,32 @@ _CONSUME_FLAGS: tuple[tuple[str, type, object, str], ...] = (
 )
 
 
+_SERVE_ONLY = frozenset(
+    {
+        "port",
+        "workers",
+        "threads",
+        "max_streams",
+        "max_queued_calls",
+        "max_message_bytes",
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
+        "auth_tokens",
+        "watch_ack_timeout_seconds",
+        "http_port",
+        "ls_text_key",
+        "ls_choices_name",
+        "ls_projects",
+        "ls_webhook_secret_env",
+        "ls_webhook_secret_file",
+        "ls_queue_size",
+        "ls_writeback_url",
+    }
+)
+"""`labelwatch serve` settings that concern its gRPC and HTTP servers: not offered here."""
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``consume`` subcommand."""
     parser = subparsers.add_parser(
@@ -82,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             metavar=name.upper(),
             help=f"{help_text} [env {env}; default {default}]",
         )
-    config.add_arguments(parser)
+    config.add_arguments(parser, exclude=_SERVE_ONLY)
     parser.set_defaults(func=run)
 
 
