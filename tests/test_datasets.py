@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from labelwatch.datasets import DataError, LabeledData, load, parse_class_names
+from labelwatch.commands._offline import Progress
+from labelwatch.datasets import (
+    PROGRESS_EVERY_LINES,
+    DataError,
+    LabeledData,
+    load,
+    parse_class_names,
+)
 
 NAMES = ("cat", "dog", "bird")
 PROBS = np.array([[0.9, 0.2, 0.1], [0.3, 0.8, 0.6], [0.05, 0.1, 0.95], [0.5, 0.5, 0.5]])
@@ -148,3 +156,34 @@ def test_parse_class_names_strips_and_refuses_duplicates_and_empty_names() -> No
         parse_class_names("cat,dog,cat")
     with pytest.raises(DataError, match="#1 must be a non-empty string"):
         parse_class_names("cat,,dog")
+
+
+def test_jsonl_load_reports_the_share_of_the_file_read(tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    lines = [json.dumps({"class_names": ["a", "b"]})]
+    lines += [
+        json.dumps({"id": f"x{i}", "labels": ["a"], "probabilities": [0.9, 0.1]})
+        for i in range(3 * PROGRESS_EVERY_LINES)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    seen: list[float] = []
+    data = load(path, progress=seen.append)
+    assert data.n_examples == 3 * PROGRESS_EVERY_LINES
+    assert len(seen) >= 4 and seen[-1] == 1.0
+    assert seen == sorted(seen) and 0.0 < seen[0] < 0.5
+
+
+def test_progress_draws_a_percentage_on_a_tty_and_stays_silent_otherwise() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        progress = Progress("audit", stream=stream, interval=0.0)
+        progress.stage("loading x.jsonl")
+        progress.fraction(0.5)
+        progress.fraction(1.0)
+    assert "loading x.jsonl  50.0%" in tty.getvalue()
+    assert "100.0%" in tty.getvalue()
+    assert pipe.getvalue() == ""  # small runs off a TTY print nothing

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,12 +61,18 @@ class LabeledData:
         return int(self.pred_probs.shape[1])
 
 
-def load(path: str | Path, *, class_names: Sequence[str] | None = None) -> LabeledData:
+def load(
+    path: str | Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> LabeledData:
     """Load ``path`` (``.npz`` or ``.jsonl``).
 
     ``class_names``, when given, is the expected class order (e.g. from a
     calibration artifact): a file that names its classes must agree with it.
-    Raises :class:`DataError`.
+    ``progress`` is called with the fraction of a ``.jsonl`` file read so far
+    (0 to 1, every few thousand lines). Raises :class:`DataError`.
     """
     path = Path(path)
     expected = _check_class_names(class_names, "--class-names") if class_names else None
@@ -77,7 +83,7 @@ def load(path: str | Path, *, class_names: Sequence[str] | None = None) -> Label
         raise DataError(f"{path}: no such file")
     if suffix == ".npz":
         return _load_npz(path, expected)
-    return _load_jsonl(path, expected)
+    return _load_jsonl(path, expected, progress)
 
 
 def parse_class_names(text: str) -> tuple[str, ...]:
@@ -228,16 +234,33 @@ def _load_npz(path: Path, expected: tuple[str, ...] | None) -> LabeledData:
 # --- .jsonl -----------------------------------------------------------------------------------
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+PROGRESS_EVERY_LINES = 4096
+"""How often :func:`load` reports the fraction of a JSONL file read."""
+
+
+def _lines(
+    path: Path, progress: Callable[[float], None] | None = None
+) -> Iterator[tuple[int, str]]:
     """Yield ``(1-based line number, stripped text)`` of non-blank lines."""
+    read = 0
     try:
-        with path.open(encoding="utf-8") as fh:
-            for number, line in enumerate(fh, start=1):
-                text = line.strip()
+        size = max(1, path.stat().st_size)
+        with path.open("rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                read += len(raw)
+                if progress is not None and number % PROGRESS_EVERY_LINES == 0:
+                    progress(read / size)
+                try:
+                    text = raw.decode("utf-8").strip()
+                except UnicodeDecodeError as exc:
+                    where = read - len(raw) + exc.start
+                    raise DataError(
+                        f"{path}: not UTF-8 text ({exc.reason} at byte {where})"
+                    ) from exc
                 if text:
                     yield number, text
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        if progress is not None:
+            progress(1.0)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from exc
 
@@ -291,14 +314,20 @@ def _jsonl_labels(value: Any, where: str, index: dict[str, int]) -> list[int]:
     return out
 
 
-def _objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _objects(
+    path: Path, progress: Callable[[float], None] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(1-based line number, parsed object)`` for each non-blank line."""
-    for number, text in _lines(path):
+    for number, text in _lines(path, progress):
         yield number, _parse(path, number, text)
 
 
-def _load_jsonl(path: Path, expected: tuple[str, ...] | None) -> LabeledData:
-    objects = _objects(path)
+def _load_jsonl(
+    path: Path,
+    expected: tuple[str, ...] | None,
+    progress: Callable[[float], None] | None = None,
+) -> LabeledData:
+    objects = _objects(path, progress)
     first = next(objects, None)
     if first is None:
         raise DataError(f"{path}: no examples (the file is empty)")

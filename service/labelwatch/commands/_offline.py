@@ -132,14 +132,18 @@ class Progress:
 
     def update(self, done: int) -> None:
         """Report ``done`` of ``total`` items of the current stage (TTY only)."""
-        if not (self.enabled and self.tty and self.total):
+        if self.total:
+            self.fraction(done / self.total)
+
+    def fraction(self, part: float) -> None:
+        """Report the share ``part`` (0 to 1) of the current stage done (TTY only)."""
+        if not (self.enabled and self.tty):
             return
         now = time.perf_counter()
-        if now - self._last_draw < self.interval and done < self.total:
+        if now - self._last_draw < self.interval and part < 1.0:
             return
         self._last_draw = now
-        pct = 100.0 * done / self.total
-        self.stream.write(f"\rlabelwatch {self.command}: {self._stage} {pct:5.1f}%")
+        self.stream.write(f"\rlabelwatch {self.command}: {self._stage} {100.0 * part:5.1f}%")
         self.stream.flush()
 
     def done(self) -> None:

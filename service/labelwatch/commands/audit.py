@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         artifact = load_artifact(args.thresholds) if args.thresholds else None
         expected = _expected_class_names(args, artifact)
         progress.stage(f"loading {args.data}")
-        data = datasets.load(args.data, class_names=expected)
+        data = datasets.load(args.data, class_names=expected, progress=progress.fraction)
         progress.done()
         progress.set_total(data.n_examples)
         progress.stage(f"scoring {data.n_examples} examples x {data.n_classes} classes")
