@@ -9,6 +9,11 @@ Reads ``data/debtags/debtags.jsonl.gz`` (see ``service/labelwatch/data/DATASET.m
 * ``service/labelwatch/data/default_thresholds.json``: the calibration artifact, fitted on
   the model's probabilities for the *calibration* split and tied to the model's sha256.
 
+* ``data/debtags/default_model_reference.json.gz``: scikit-learn's ``predict_proba``
+  (float64) of the fitted pipeline on a seeded sample of test-split texts, so that the test
+  suite can check the shipped ONNX against scikit-learn without scikit-learn or a pickle
+  (``tests/test_default_model.py``, tolerance 1e-5).
+
 and prints test-split metrics (micro/macro F1 at 0.5, average precision) as JSON.
 
 The ONNX graph is the TfidfVectorizer exported by skl2onnx followed by one
@@ -25,6 +30,7 @@ Takes about a minute on 2 cores::
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -52,9 +58,11 @@ REPO = debtags_data.REPO
 sys.path.insert(0, str(REPO / "service"))
 
 from labelwatch.calibration import calibrate, save_artifact  # noqa: E402
-from labelwatch.scoring import Pooling  # noqa: E402
+from labelwatch.scoring import FilterBy, Pooling  # noqa: E402
 
 DATA_DIR = REPO / "service" / "labelwatch" / "data"
+REFERENCE = REPO / "data" / "debtags" / "default_model_reference.json.gz"
+REFERENCE_SEED = 0
 GRAPH_NAME = "debtags-tfidf-lr"
 INPUT_NAME = "text"
 OUTPUT_NAME = "probabilities"
@@ -201,6 +209,32 @@ def test_metrics(probs: NDArray[np.float64], labels: NDArray[np.bool_]) -> dict[
     }
 
 
+def reference_document(
+    ids: Sequence[str],
+    texts: Sequence[str],
+    probs: NDArray[np.float64],
+    class_names: Sequence[str],
+    model_sha256: str,
+) -> bytes:
+    """The sklearn reference sample as gzip JSON, byte-identical across runs.
+
+    ``probs``: ``(n, K)`` float64 ``predict_proba``; floats are written with ``repr``
+    precision, so reading them back gives the same bits. gzip's header time is fixed at 0.
+    """
+    document = {
+        "description": "scikit-learn predict_proba of the pipeline exported as the model with "
+        "this sha256, on a seeded sample of test-split texts; written by "
+        "scripts/train_default_model.py",
+        "model_sha256": model_sha256,
+        "class_names": list(class_names),
+        "ids": list(ids),
+        "texts": list(texts),
+        "probabilities": [[float(v) for v in row] for row in probs.tolist()],
+    }
+    text = json.dumps(document, indent=None, separators=(",", ":"), allow_nan=False)
+    return gzip.compress((text + "\n").encode("utf-8"), compresslevel=9, mtime=0)
+
+
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
@@ -228,12 +262,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=Pooling.SOFTMIN.value,
         help="label-quality pooling stored in the artifact",
     )
+    parser.add_argument(
+        "--filter-by",
+        choices=[r.value for r in FilterBy],
+        default=FilterBy.CONFIDENT_LEARNING.value,
+        help="flag rule stored in the artifact, served by default (docs/detection.md)",
+    )
     parser.add_argument("--temperature", type=float, default=0.1, help="softmin temperature")
     parser.add_argument("--alpha", type=float, default=0.8, help="EMA alpha")
     parser.add_argument(
         "--tolerance", type=float, default=1e-5, help="max |ONNX - sklearn| probability"
     )
     parser.add_argument("--check-rows", type=int, default=1000, help="test rows compared")
+    parser.add_argument(
+        "--reference-out",
+        type=Path,
+        default=REFERENCE,
+        help="where the scikit-learn reference sample (gzip JSON) goes",
+    )
+    parser.add_argument(
+        "--reference-rows", type=int, default=64, help="test rows in the reference sample"
+    )
     parser.add_argument("--metrics-out", type=Path, help="also write the metrics JSON here")
     args = parser.parse_args(argv)
     hp = Hyperparameters(max_features=args.max_features, c=args.c)
@@ -263,6 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sample = test.texts[: args.check_rows]
     reference = sklearn_probs(vectorizer, classifiers, sample)
     diff = float(np.abs(onnx_probs(session, sample) - reference).max())
+    # a seeded sample over the whole test split, not only its first rows
+    picked = np.random.default_rng(REFERENCE_SEED).choice(
+        len(test), size=min(args.reference_rows, len(test)), replace=False
+    )
+    ref_rows = sorted(int(i) for i in picked)
+    ref_texts = [test.texts[i] for i in ref_rows]
+    ref_probs = sklearn_probs(vectorizer, classifiers, ref_texts)
+    diff = max(diff, float(np.abs(onnx_probs(session, ref_texts) - ref_probs).max()))
     if diff > args.tolerance:
         print(f"ONNX and scikit-learn disagree: max |diff| {diff:.3g}", file=sys.stderr)
         return 1
@@ -277,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pooling=Pooling(args.pooling),
         alpha=args.alpha,
         temperature=args.temperature,
+        filter_by=FilterBy(args.filter_by),
         now=_created_at(args.dataset),
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -284,6 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_path.write_bytes(model_bytes)
     thresholds_path = args.out_dir / "default_thresholds.json"
     save_artifact(artifact, thresholds_path)
+    reference_bytes = reference_document(
+        [test.ids[i] for i in ref_rows], ref_texts, ref_probs, data.class_names, model_sha
+    )
+    args.reference_out.parent.mkdir(parents=True, exist_ok=True)
+    args.reference_out.write_bytes(reference_bytes)
 
     report = {
         "model": str(model_path),
@@ -292,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "thresholds": str(thresholds_path),
         "thresholds_sha256": sha256_bytes(thresholds_path.read_bytes()),
         "thresholds_bytes": thresholds_path.stat().st_size,
+        "reference": str(args.reference_out),
+        "reference_sha256": sha256_bytes(reference_bytes),
         "n_features": len(vectorizer.vocabulary_),
         "n_classes": len(data.class_names),
         "split_sizes": {name: len(data[name]) for name in debtags_data.SPLITS},

@@ -70,13 +70,14 @@ def assert_same_artifact(a: CalibrationArtifact, b: CalibrationArtifact) -> None
         fb.n_examples,
         fb.method,
     )
-    assert (a.class_names, a.model_sha256, a.created_at, a.epsilon, a.schema_version) == (
-        b.class_names,
-        b.model_sha256,
-        b.created_at,
-        b.epsilon,
-        b.schema_version,
-    )
+    assert (
+        a.class_names,
+        a.model_sha256,
+        a.created_at,
+        a.epsilon,
+        a.schema_version,
+        a.filter_by,
+    ) == (b.class_names, b.model_sha256, b.created_at, b.epsilon, b.schema_version, b.filter_by)
 
 
 def test_save_then_load_gives_back_the_same_bits(
@@ -116,6 +117,7 @@ def test_json_layout(scoring_artifact: CalibrationArtifact, tmp_path: Path) -> N
     assert doc["calibration"]["n_examples"] == 200
     assert doc["created_at"] == "2026-01-02T03:04:05+00:00"
     assert doc["model_sha256"] == SHA
+    assert doc["filter_by"] == "confident_learning"
     assert "NaN" not in path.read_text()
 
 
@@ -310,6 +312,8 @@ INVALID: list[tuple[str, Mutation, str]] = [
     ),
     ("created-at-naive", _set("created_at", "2026-01-02T03:04:05"), "'created_at' must be in UTC"),
     ("created-at-missing", _delete("created_at"), "'created_at' is missing"),
+    ("filter-by-unknown", _set("filter_by", "majority"), "'filter_by' must be one of"),
+    ("filter-by-not-str", _set("filter_by", 1), "'filter_by' must be one of"),
 ]
 
 
@@ -324,6 +328,30 @@ def test_invalid_field_is_named(
         CalibrationArtifact.from_json_dict(artifact_doc, source="t.json")
     assert str(err.value).startswith("t.json: ")
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("rule", list(FilterBy), ids=[r.value for r in FilterBy])
+def test_recorded_filter_by_survives_save_and_load(rule: FilterBy, tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    probs = rng.random((50, 4))
+    made = calibrate(probs, rng.random((50, 4)) < probs, NAMES, filter_by=rule, now=NOW)
+    assert made.filter_by is rule
+    path = tmp_path / "thresholds.json"
+    save_artifact(made, path)
+    assert json.loads(path.read_text())["filter_by"] == rule.value
+    assert load_artifact(path).filter_by is rule
+
+
+def test_artifact_without_filter_by_loads_as_confident_learning(
+    artifact_doc: dict[str, Any],
+) -> None:
+    artifact_doc["filter_by"] = "low_self_confidence"
+    assert CalibrationArtifact.from_json_dict(artifact_doc).filter_by is (
+        FilterBy.LOW_SELF_CONFIDENCE
+    )
+    del artifact_doc["filter_by"]  # as written before the field existed
+    loaded = CalibrationArtifact.from_json_dict(artifact_doc)
+    assert loaded.filter_by is FilterBy.CONFIDENT_LEARNING
 
 
 def test_top_level_must_be_an_object() -> None:

@@ -5,6 +5,7 @@ cleanlab 2.9.0 is the oracle for the batch mode (audit without --thresholds).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from cleanlab.count import get_confident_thresholds
@@ -25,11 +27,16 @@ from cleanlab.multilabel_classification.filter import (
 )
 from cleanlab.multilabel_classification.rank import get_label_quality_scores as cl_scores
 from numpy.typing import NDArray
+from prometheus_client import CollectorRegistry
 
 import labelwatch
+from labelwatch import config
 from labelwatch.calibration import load_artifact
 from labelwatch.cli import main
 from labelwatch.scoring import FilterBy, decide
+from labelwatch.server import start
+from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
+from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
 
 N, K = 300, 8
 NAMES = tuple(f"class_{k}" for k in range(K))
@@ -107,6 +114,31 @@ def test_audit_without_thresholds_equals_cleanlab(
     np.testing.assert_allclose([row["label_quality"] for row in report], scores, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("rule", ["prune_by_noise_rate", "confident_learning"])
+def test_audit_of_float32_probabilities_equals_cleanlabs_float32_run(
+    tmp_path: Path, rule: str
+) -> None:
+    probs64, labels = _random(seed=5)
+    probs = probs64.astype(np.float32)
+    np.savez(
+        tmp_path / "d.npz",
+        pred_probs=probs,
+        labels=labels.astype(np.int8),
+        class_names=np.array(NAMES),
+    )
+    out = tmp_path / "r.jsonl"
+    args = ["audit", "--data", str(tmp_path / "d.npz"), "--out", str(out), "--filter-by", rule]
+    assert main(args) == 0
+    report = _read(out)
+    given = _as_lists(labels)
+    per_class = cl_per_class(given, probs, filter_by=rule, n_jobs=1)
+    scores = cl_scores(given, probs)
+    np.testing.assert_array_equal(_flags_of(report), per_class)
+    np.testing.assert_allclose([row["label_quality"] for row in report], scores, rtol=0, atol=1e-9)
+    # and it is cleanlab's float32 answer, not its float64 one
+    assert np.abs(cl_scores(given, probs.astype(np.float64)) - scores).max() > 1e-9
+
+
 def test_audit_issues_report_kind_probability_and_threshold_on_the_p_scale(tmp_path: Path) -> None:
     probs, labels = _write_npz(tmp_path / "d.npz")
     assert (
@@ -180,6 +212,91 @@ def test_calibrate_writes_an_artifact_that_load_artifact_accepts(
     assert artifact.fit.n_examples == N
     assert artifact.fit.temperature == 0.2
     assert artifact.fit.pooling.value == "softmin"
+
+
+def _serve_flags(
+    state: Path, artifact: str, probs: NDArray[np.float64], labels: NDArray[np.bool_], *extra: str
+) -> tuple[str, NDArray[np.bool_]]:
+    """Start `labelwatch serve --thresholds artifact *extra` in-process (flags parsed as the
+    CLI parses them); return GetModelInfo's flag rule and Score's ``(n, K)`` flags."""
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    argv = ["--thresholds", artifact, "--port", "0", "--metrics-port", "0", *extra]
+    settings = config.settings_from(parser.parse_args([*argv, "--data-dir", str(state)]), {})
+    server = start(settings, registry=CollectorRegistry())
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.LabelQualityStub(channel)
+            rule = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).calibration.filter_by
+            examples = [
+                pb.Example(
+                    id=f"ex{i}",
+                    probabilities=pb.Probabilities(values=probs[i].tolist()),
+                    labels=[NAMES[k] for k in np.flatnonzero(labels[i])],
+                )
+                for i in range(len(probs))
+            ]
+            results = stub.Score(pb.ScoreRequest(examples=examples), timeout=20).results
+    finally:
+        server.stop(0.5)
+    flags = np.zeros(probs.shape, dtype=bool)
+    for i, result in enumerate(results):
+        flags[i, [issue.class_index for issue in result.issues]] = True
+    return rule, flags
+
+
+def test_calibrate_records_filter_by_and_serve_flags_with_it_unless_told_otherwise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_npz(tmp_path / "calib.npz", seed=1)
+    probs, labels = _random(seed=2, n=60)
+    calib = ["calibrate", "--data", str(tmp_path / "calib.npz")]
+    cl, lsc = str(tmp_path / "cl.json"), str(tmp_path / "lsc.json")
+    assert main([*calib, "--out", cl]) == 0
+    assert main([*calib, "--out", lsc, "--filter-by", "low_self_confidence"]) == 0
+    assert "flag rule low_self_confidence" in capsys.readouterr().out
+    assert load_artifact(cl).filter_by is FilterBy.CONFIDENT_LEARNING
+    assert load_artifact(lsc).filter_by is FilterBy.LOW_SELF_CONFIDENCE
+    fit = load_artifact(lsc).fit  # the same thresholds: only the recorded rule differs
+    want = {r: decide(fit, probs, labels, r).flags for r in FilterBy}
+    assert not np.array_equal(want[FilterBy.CONFIDENT_LEARNING], want[FilterBy.LOW_SELF_CONFIDENCE])
+
+    # `audit --thresholds` follows the artifact's rule too, like serve
+    np.savez(
+        tmp_path / "d.npz",
+        pred_probs=probs,
+        labels=labels.astype(np.int8),
+        class_names=np.array(NAMES),
+    )
+    report = tmp_path / "r.jsonl"
+    audit = ["audit", "--data", str(tmp_path / "d.npz"), "--out", str(report)]
+    assert main([*audit, "--thresholds", lsc]) == 0
+    np.testing.assert_array_equal(_flags_of(_read(report)), want[FilterBy.LOW_SELF_CONFIDENCE])
+
+    rule, flags = _serve_flags(tmp_path / "s1", lsc, probs, labels)
+    assert rule == "low_self_confidence"
+    np.testing.assert_array_equal(flags, want[FilterBy.LOW_SELF_CONFIDENCE])
+    rule, flags = _serve_flags(tmp_path / "s2", cl, probs, labels)
+    assert rule == "confident_learning"
+    np.testing.assert_array_equal(flags, want[FilterBy.CONFIDENT_LEARNING])
+    # an explicit --filter-by wins over the artifact's rule
+    rule, flags = _serve_flags(
+        tmp_path / "s3", lsc, probs, labels, "--filter-by", "confident_learning"
+    )
+    assert rule == "confident_learning"
+    np.testing.assert_array_equal(flags, want[FilterBy.CONFIDENT_LEARNING])
+
+
+def test_calibrate_refuses_an_unknown_filter_by(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_npz(tmp_path / "calib.npz")
+    argv = ["calibrate", "--data", str(tmp_path / "calib.npz"), "--out", str(tmp_path / "t.json")]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--filter-by", "majority"])
+    assert exited.value.code == 2
+    assert "--filter-by" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
 
 
 @pytest.mark.parametrize("rule", [None, *(rule.value for rule in FilterBy)])

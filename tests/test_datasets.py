@@ -71,7 +71,9 @@ def test_npz_without_names_gets_index_names_and_index_ids(tmp_path: Path) -> Non
     data = load(path)
     assert data.class_names == ("0", "1", "2")
     assert data.ids == ("0", "1", "2", "3")
-    assert data.pred_probs.dtype == np.float64
+    assert data.pred_probs.dtype == np.float32  # kept: audits equal cleanlab's float32 run
+    half = _npz(tmp_path / "h.npz", pred_probs=PROBS.astype(np.float16), labels=LABELS)
+    assert load(half).pred_probs.dtype == np.float64  # anything else is widened
 
 
 def test_npz_without_names_takes_the_expected_names(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from labelwatch.model import OnnxModel, file_sha256
 REPO = Path(__file__).resolve().parent.parent
 DATASET = REPO / "data" / "debtags" / "debtags.jsonl.gz"
 DATASET_META = REPO / "data" / "debtags" / "debtags.meta.json"
+# scikit-learn's predict_proba on a test-split sample, written by scripts/train_default_model.py
+SKLEARN_REFERENCE = REPO / "data" / "debtags" / "default_model_reference.json.gz"
 SPLITS = {"train", "calibration", "test"}
 
 
@@ -76,6 +78,20 @@ def test_model_outputs_probabilities_on_a_sample_of_the_test_split(
     assert probs.shape == (200, model.n_classes)
     assert np.isfinite(probs).all()
     assert probs.min() >= 0.0 and probs.max() <= 1.0
+
+
+def test_model_equals_sklearn_predict_proba_within_1e_5_on_the_reference_sample(
+    model: OnnxModel,
+) -> None:
+    with gzip.open(SKLEARN_REFERENCE, "rt", encoding="utf-8") as handle:
+        reference = json.load(handle)
+    assert reference["model_sha256"] == file_sha256(default_model.DEFAULT_MODEL)
+    assert tuple(reference["class_names"]) == model.class_names
+    expected = np.asarray(reference["probabilities"], dtype=np.float64)
+    assert expected.shape == (len(reference["texts"]), model.n_classes)
+    assert len(reference["texts"]) >= 64
+    probs = model.predict(reference["texts"])
+    np.testing.assert_allclose(probs, expected, rtol=0.0, atol=1e-5)
 
 
 OBVIOUS = {

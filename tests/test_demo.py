@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
 import pytest
 
 from labelwatch.cli import main
-from labelwatch.commands.demo import inject_noise
+from labelwatch.commands.demo import inject_noise, load_test_split
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "debtags" / "debtags.jsonl.gz"
@@ -26,6 +27,23 @@ def test_noise_injection_is_seeded_and_flips_one_tag() -> None:
         for label, kind in noisy.flipped:
             assert (label in tags) == (kind == "MISSING")
             assert (label in noisy.labels) == (kind == "SPURIOUS")
+
+
+def test_demo_streams_the_whole_test_split_unless_limited(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with gzip.open(DATA, "rt", encoding="utf-8") as handle:
+        test_ids = [r["id"] for r in map(json.loads, handle) if r["split"] == "test"]
+    assert [row[0] for row in load_test_split(DATA)] == test_ids
+    assert [row[0] for row in load_test_split(DATA, 25)] == test_ids[:25]
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "whole test split" in " ".join(capsys.readouterr().out.split())
+
+
+def test_demo_refuses_a_limit_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--data", str(DATA), "--limit", "0"]) == 2
+    assert "--limit must be >= 1" in capsys.readouterr().err
 
 
 def test_demo_streams_the_test_split_and_reports(

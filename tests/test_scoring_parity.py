@@ -3,7 +3,8 @@
 Flags must be identical (per class and as cleanlab's example mask) and scores equal
 (bit for bit up to the EMA tail size, else within 1e-15), over many random shapes:
 K = 1, classes never tagged, ties (probabilities on a 1/16 grid, duplicated rows),
-probabilities exactly 0 and 1, float32 input. Inputs cleanlab rejects are checked
+probabilities exactly 0 and 1, and float32 input, compared with cleanlab's own float32
+run (ties that exist only after float32 rounding included). Inputs cleanlab rejects are checked
 against the documented extension (see ``labelwatch.scoring.batch``).
 """
 
@@ -288,23 +289,132 @@ def test_default_arguments_match_cleanlab_defaults() -> None:
         np.testing.assert_array_equal(find_label_issues(case.probs, case.tags).any(axis=1), ref)
 
 
-def test_float32_is_computed_as_float64() -> None:
-    """float32 input equals cleanlab on the widened values; cleanlab's own float32 path
-    rounds ``1 - p`` to float32, so it is only close (documented deviation)."""
-    for i, case in enumerate(cases(min_k=2)):
-        p32 = case.probs.astype(np.float32)
-        wide = Case(case.name, p32.astype(np.float64), case.tags)
-        if i % 2 == 0:
-            rule = FilterBy.PRUNE_BY_NOISE_RATE
-            np.testing.assert_array_equal(
-                find_label_issues(p32, case.tags, filter_by=rule), cleanlab_per_class(wide, rule)
-            )
-        ours = label_quality_scores(p32, case.tags.astype(np.int64))
-        ref = ml_rank.get_label_quality_scores(wide.lists, p32.astype(np.float64))
-        assert_scores_equal(ours, ref, case.probs.shape[1])
-        np.testing.assert_allclose(
-            ours, ml_rank.get_label_quality_scores(case.lists, p32), rtol=0, atol=1e-6
+def make_case32(seed: int) -> Case:
+    """float32 data where float32 arithmetic decides: ``1 - p`` that rounds (ties only in
+    float32), tiny p (thresholds at the floor), p within a few ulps of 0.5 (the 1e-6
+    agreement tolerance), p exactly at a class's float32 ``threshold - 1e-6``."""
+    base = make_case(seed)
+    rng = np.random.default_rng(1000 + seed)
+    probs, tags = base.probs.astype(np.float32), base.tags
+    n, k = probs.shape
+    kind = ("tiny", "ulp-ties", "near-half", "at-threshold")[seed % 4]
+    if kind == "tiny":  # 1 - p rounds to 1: untagged ties
+        probs = (probs.astype(np.float64) ** 12).astype(np.float32)
+    elif kind == "ulp-ties":  # neighbours 1 ulp apart below 0.5, tied after 1 - p
+        step = np.float32(2.0**-26)
+        probs = (np.float32(0.3) + step * rng.integers(0, 4, size=(n, k))).astype(np.float32)
+    elif kind == "near-half":  # p - (1 - p) around 1e-6 (16 ulps of 0.5)
+        near = np.float32(0.5) + np.float32(2.0**-25) * rng.integers(-24, 25, size=(n, k))
+        probs = np.where(rng.random((n, k)) < 0.6, near, probs).astype(np.float32)
+    probs[rng.random((n, k)) < 0.05] = np.float32(0.0)
+    probs[rng.random((n, k)) < 0.05] = np.float32(1.0)
+    if kind == "at-threshold":  # pairs exactly at cleanlab's float32 cut of the other side
+        one, floor, tol = np.float32(1.0), np.float32(2e-6), np.float32(1e-6)
+        for c in range(k):
+            pos, neg = tags[:, c], ~tags[:, c]
+            if pos.sum() < 2 or neg.sum() < 3:
+                continue
+            if c % 2:  # untagged pairs at t1's cut (t1 only reads tagged pairs)
+                probs[np.flatnonzero(neg)[:2], c] = max(np.mean(probs[pos, c]), floor) - tol
+            else:  # tagged pairs at t0's cut (t0 only reads untagged pairs)
+                t0 = max(np.mean(one - probs[neg, c]), floor)
+                probs[np.flatnonzero(pos)[:2], c] = one - (t0 - tol)
+    return Case(f"f32-{kind}-{base.name}", probs, tags)  # type: ignore[arg-type]
+
+
+CASES32 = [
+    Case(c.name + "-f32", c.probs.astype(np.float32), c.tags)  # type: ignore[arg-type]
+    for c in CASES
+] + [make_case32(seed) for seed in range(24)]
+
+
+def test_float32_cases_hold_float32_only_ties() -> None:
+    """Some corpus columns tie under cleanlab's float32 ``1 - p`` but not in float64."""
+    tied = 0
+    for c in CASES32:
+        p = c.probs
+        tied += np.unique(p).size > np.unique(np.float32(1) - p).size
+    assert tied >= 5
+
+
+@pytest.mark.parametrize("rule", list(FilterBy), ids=lambda r: r.value)
+def test_float32_flags_equal_cleanlab_float32(rule: FilterBy) -> None:
+    """float32 input gives exactly cleanlab's flags on the same float32 input."""
+    for case in CASES32:
+        assert case.probs.dtype == np.float32
+        if rule is FilterBy.PREDICTED_NEQ_GIVEN and (~case.tags).all(axis=0).any():
+            continue
+        if rule in SCORE_RULES and case.probs.shape[1] == 1:
+            continue
+        ours = find_label_issues(case.probs, case.tags, filter_by=rule)
+        np.testing.assert_array_equal(ours.any(axis=1), cleanlab_mask(case, rule), case.name)
+        if rule not in SCORE_RULES:
+            np.testing.assert_array_equal(ours, cleanlab_per_class(case, rule), case.name)
+
+
+@pytest.mark.parametrize("rule", RANK_RULES, ids=lambda r: r.value)
+def test_float32_rank_rule_knobs_equal_cleanlab_float32(rule: FilterBy) -> None:
+    for i, case in enumerate(CASES32):
+        rng = np.random.default_rng(i)
+        args: dict[str, object] = [
+            {"frac_noise": 0.5},
+            {"min_examples_per_class": 5},
+            {"num_to_remove_per_class": rng.integers(0, 4, case.probs.shape[1]).tolist()},
+        ][i % 3]
+        ours = find_label_issues(case.probs, case.tags, filter_by=rule, **args)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(ours, cleanlab_per_class(case, rule, **args), case.name)
+
+
+@pytest.mark.parametrize("adjust", [False, True], ids=["raw", "adjusted"])
+@pytest.mark.parametrize("method", list(ClassScore), ids=lambda m: m.value)
+@pytest.mark.parametrize("agg", AGGREGATORS, ids=lambda a: f"{a[0].value}-{a[1]}-{a[2]}")
+def test_float32_scores_equal_cleanlab_float32(
+    agg: tuple[Pooling, float, float], method: ClassScore, adjust: bool
+) -> None:
+    """float32 input scores as cleanlab's own float32 run: bit for bit where the float64
+    path is (EMA up to its tail size, softmin), within 1e-15 beyond."""
+    pooling, alpha, temperature = agg
+    kwargs: dict[str, object] = {"method": pooling.value}
+    kwargs.update({"alpha": alpha} if pooling is Pooling.EMA else {"temperature": temperature})
+    tail = ema_tail_size(alpha)
+    for case in CASES32:
+        if case.probs.shape[1] < 2:
+            continue
+        ours = label_quality_scores(
+            case.probs,
+            case.tags.astype(np.int64),
+            method=method,
+            adjust_pred_probs=adjust,
+            pooling=pooling,
+            alpha=alpha,
+            temperature=temperature,
         )
+        ref = ml_rank.get_label_quality_scores(
+            case.lists,
+            case.probs,
+            method=method.value,
+            adjust_pred_probs=adjust,
+            aggregator_kwargs=kwargs,
+        )
+        assert ours.dtype == np.float64 and ours.shape == ref.shape
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-15, err_msg=case.name)
+        if pooling is Pooling.SOFTMIN or tail is None or case.probs.shape[1] <= tail:
+            np.testing.assert_array_equal(ours, ref, case.name)
+
+
+def test_float32_default_arguments_match_cleanlab_float32() -> None:
+    for case in CASES32:
+        if case.probs.shape[1] < 2:
+            continue
+        assert_scores_equal(
+            label_quality_scores(case.probs, case.tags),
+            ml_rank.get_label_quality_scores(case.lists, case.probs),
+            case.probs.shape[1],
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = ml_filter.find_label_issues(case.lists, case.probs, n_jobs=1)
+        np.testing.assert_array_equal(find_label_issues(case.probs, case.tags).any(axis=1), ref)
 
 
 def test_one_class() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+from typing import Any
 
 import numpy as np
 import pytest
@@ -179,14 +180,20 @@ def test_ema_tail_size_is_the_smallest_sufficient(alpha: float) -> None:
     assert ema_tail_size(0.0) is None
 
 
+@pytest.mark.parametrize("precision", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("alpha", [0.8, 0.5, 0.2, 0.95])
 @pytest.mark.parametrize("k", [1, 24, 25, 26, 100, 1000, 10000])
-def test_ema_on_partial_selection_equals_full_sort(alpha: float, k: int) -> None:
+def test_ema_on_partial_selection_equals_full_sort(
+    alpha: float, k: int, precision: type[np.floating[Any]]
+) -> None:
+    """``f32``: float32 per-class scores widened, what the float32 batch path pools."""
     rng = np.random.default_rng(k)
     n = max(2, 20000 // k)
     scores = rng.random((n, k))
     scores[: n // 2] **= 8  # many near-zero scores, the ones that matter
     scores[0] = 0.5  # a row of ties
+    scores = scores.astype(precision).astype(np.float64)
+    scores[1, : k // 2] = scores[1, k // 2 :][: k // 2]  # float32-like duplicates in a row
     full = exponential_moving_average(scores, alpha, tail=None)
     partial = exponential_moving_average(scores, alpha)
     np.testing.assert_allclose(partial, full, rtol=0, atol=1e-15)

@@ -9,12 +9,18 @@ field and raises :class:`ArtifactError` naming the file and the field. Layout
      "epsilon": 1e-06,
      "pooling": {"method": "exponential_moving_average" | "softmin",
                  "alpha": (0, 1], "temperature": > 0, "class_score": "self_confidence"},
+     "filter_by": a FilterBy value (optional; absent = "confident_learning"),
      "thresholds": {"t0": [K], "t1": [K], "n_pos": [K ints], "n_neg": [K ints]},
      "margin_cutoffs": {"prune_by_noise_rate": pairs, "prune_by_class": pairs,
                         "both": pairs},
      "score_cutoff": float | null,
      "calibration": {"n_examples": N, "flag_rates": {rule: pairs, ... every rule}},
      "model_sha256": "64 hex digits" | null, "created_at": "ISO-8601 UTC"}
+
+``filter_by`` is the flag rule the artifact was chosen to be served with; ``labelwatch
+serve`` uses it unless ``--filter-by`` is given. It was added within schema version 1:
+older artifacts without it load as ``confident_learning`` (the server's rule before), and
+older readers ignore it.
 
 ``null`` stands for NaN ("this cut-off flags nothing"; JSON has no NaN). Floats are
 written with ``repr`` precision, so save + load gives back the same bits.
@@ -35,12 +41,14 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from labelwatch.scoring import CalibrationFit, ClassScore, FilterBy, Pooling, Thresholds
-from labelwatch.scoring.counts import TOLERANCE
 from labelwatch.scoring.online import MARGIN_RULES, fit_calibration
-from labelwatch.scoring.thresholds import EMPTY_SIDE, THRESHOLD_FLOOR
+from labelwatch.scoring.thresholds import EMPTY_SIDE, THRESHOLD_FLOOR, TOLERANCE
 
 SCHEMA_VERSION = 1
 """Version of the JSON layout this module writes and reads."""
+
+DEFAULT_FILTER_BY = FilterBy.CONFIDENT_LEARNING
+"""The flag rule of an artifact that records none (written before ``filter_by`` existed)."""
 
 
 class ArtifactError(ValueError):
@@ -52,13 +60,15 @@ class CalibrationArtifact:
     """A :class:`CalibrationFit` plus what it was fitted for.
 
     ``created_at``: ISO-8601 UTC time of fitting; ``epsilon``: the fuzzy
-    comparison margin the rules apply (cleanlab's 1e-6, fixed).
+    comparison margin the rules apply (cleanlab's 1e-6, fixed); ``filter_by``: the flag
+    rule to serve the thresholds with (``labelwatch serve`` uses it without ``--filter-by``).
     """
 
     fit: CalibrationFit
     class_names: tuple[str, ...]
     model_sha256: str | None
     created_at: str
+    filter_by: FilterBy = DEFAULT_FILTER_BY
     epsilon: float = TOLERANCE
     schema_version: int = SCHEMA_VERSION
 
@@ -82,6 +92,7 @@ class CalibrationArtifact:
                 "temperature": fit.temperature,
                 "class_score": fit.method.value,
             },
+            "filter_by": self.filter_by.value,
             "thresholds": {
                 "t0": [float(v) for v in th.t0.tolist()],
                 "t1": [float(v) for v in th.t1.tolist()],
@@ -195,7 +206,9 @@ class _Reader:
             for rule, pairs in value.items()
         }
 
-    def enum_value(self, value: object, field: str, enum: type[Pooling] | type[ClassScore]) -> str:
+    def enum_value(
+        self, value: object, field: str, enum: type[Pooling] | type[ClassScore] | type[FilterBy]
+    ) -> str:
         choices = [member.value for member in enum]
         if value not in choices:
             raise self.fail(field, f"must be one of {', '.join(choices)}, got {value!r}")
@@ -228,6 +241,9 @@ class _Reader:
             class_names=names,
             model_sha256=sha,
             created_at=self.created_at(self.get(d, "created_at", "created_at")),
+            filter_by=FilterBy(
+                self.enum_value(d.get("filter_by", DEFAULT_FILTER_BY.value), "filter_by", FilterBy)
+            ),
             epsilon=epsilon,
             schema_version=SCHEMA_VERSION,
         )
@@ -315,12 +331,14 @@ def calibrate(
     pooling: Pooling = Pooling.EMA,
     alpha: float = 0.8,
     temperature: float = 0.1,
+    filter_by: FilterBy = DEFAULT_FILTER_BY,
     now: datetime | None = None,
 ) -> CalibrationArtifact:
     """Fit the artifact on held-out ``(N, K)`` probabilities and bool tags.
 
     ``class_names``: K names; ``model_sha256``: the model file's hash (ties the
-    artifact to it); ``now``: the creation time (default: the current UTC time).
+    artifact to it); ``filter_by``: the flag rule recorded for serving; ``now``: the
+    creation time (default: the current UTC time).
     Raises :class:`ArtifactError` when the result would not load back (bad class
     names, alpha outside (0, 1], ...), ``ValueError`` for empty data.
     """
@@ -337,6 +355,7 @@ def calibrate(
         class_names=tuple(class_names),
         model_sha256=model_sha256,
         created_at=stamp.isoformat(timespec="seconds"),
+        filter_by=FilterBy(filter_by),
     )
     # What we hand out must pass the checks it will meet when loaded.
     return CalibrationArtifact.from_json_dict(artifact.to_json_dict(), source="calibrate()")

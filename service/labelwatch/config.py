@@ -75,12 +75,16 @@ class Settings:
         default=10.0,
         metadata={"help": "on SIGTERM/SIGINT, seconds in-flight calls get to finish."},
     )
-    filter_by: FilterBy = field(
-        default=FilterBy.CONFIDENT_LEARNING,
+    # None: the rule the artifact records (confident_learning for one that records none)
+    filter_by: FilterBy | None = field(
+        default=None,
         metadata={
             "help": "rule that flags a tag as missing or spurious, as cleanlab's filter_by; one "
-            "of " + ", ".join(f.value for f in FilterBy) + " (docs/detection.md compares them).",
+            "of " + ", ".join(f.value for f in FilterBy) + " (docs/detection.md compares them). "
+            "Given, it overrides the rule recorded in the --thresholds artifact.",
             "choices": [f.value for f in FilterBy],
+            "default_shown": "the artifact's filter_by; default confident_learning for an "
+            "artifact that records none",
         },
     )
     threads: int = field(
@@ -397,7 +401,8 @@ def add_arguments(
         if f.name in exclude:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} [env {_env_name(f.name)}; default {_show(f.default)}]"
+        shown = f.metadata.get("default_shown", _show(f.default))
+        help_text = f"{f.metadata['help']} [env {_env_name(f.name)}; default {shown}]"
         if f.type in ("bool", bool):
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
             continue

@@ -41,8 +41,9 @@ class DataError(ValueError):
 class LabeledData:
     """A labeled dataset of ``N`` examples over ``K`` classes.
 
-    ``pred_probs``: ``(N, K)`` float64 in ``[0, 1]``; ``labels``: ``(N, K)`` bool;
-    ``class_names``: ``K`` unique names; ``ids``: ``N`` unique ids.
+    ``pred_probs``: ``(N, K)`` in ``[0, 1]``, float64 (float32 when an ``.npz`` stores it
+    so); ``labels``: ``(N, K)`` bool; ``class_names``: ``K`` unique names; ``ids``: ``N``
+    unique ids.
     """
 
     pred_probs: NDArray[np.float64]
@@ -193,7 +194,8 @@ def _load_npz(path: Path, expected: tuple[str, ...] | None) -> LabeledData:
             if "ids" in npz.files
             else tuple(str(i) for i in range(n))
         )
-    probs = probs.astype(np.float64, copy=False)
+    if probs.dtype != np.float32:  # float32 stays: the audit then equals cleanlab's float32 run
+        probs = probs.astype(np.float64, copy=False)
     bad = ~np.isfinite(probs)
     if bad.any():
         i, j = _first_bad(bad)

@@ -116,7 +116,8 @@ def load_pipeline(
     return Pipeline(
         model=model,
         artifact=artifact,
-        filter_by=settings.filter_by,
+        # an explicit --filter-by wins over the rule the artifact records
+        filter_by=settings.filter_by or artifact.filter_by,
         model_version=version,
         metrics=metrics,
         outbox=outbox,
@@ -346,7 +347,7 @@ def serve_forever(
         settings.thresholds,
         running.pipeline.spec.n_classes,
         running.pipeline.spec.input_kind.value,
-        settings.filter_by.value,
+        running.pipeline.filter_by.value,
         running.pipeline.model_version,
         running.label_studio_http.port if running.label_studio_http else "off",
     )

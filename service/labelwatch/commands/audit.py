@@ -32,7 +32,6 @@ from labelwatch.scoring import (
 )
 
 BATCH_DEFAULT_RULE = FilterBy.PRUNE_BY_NOISE_RATE  # cleanlab's default
-ONLINE_DEFAULT_RULE = FilterBy.CONFIDENT_LEARNING  # `labelwatch serve`'s default
 
 _DESCRIPTION = f"""\
 Score every example of a labeled dataset and report suspected label issues.
@@ -46,7 +45,7 @@ Two modes:
                         equals cleanlab's.
   with --thresholds     the online rule of `labelwatch serve`: each example is
                         judged against an artifact from `labelwatch calibrate`
-                        (--filter-by default {ONLINE_DEFAULT_RULE.value}, as in
+                        (--filter-by default: the artifact's rule, as in
                         serve); DATA's classes must match the artifact's, and
                         pooling comes from the artifact.
 
@@ -90,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         metavar="RULE",
         help=f"flag rule, one of: {', '.join(rule.value for rule in FilterBy)} (default "
-        f"{BATCH_DEFAULT_RULE.value}, or {ONLINE_DEFAULT_RULE.value} with --thresholds).",
+        f"{BATCH_DEFAULT_RULE.value}, or the artifact's rule with --thresholds).",
     )
     add_pooling_arguments(parser, defaults_shown="without --thresholds ")
     add_class_names_argument(parser)
@@ -187,7 +186,7 @@ def score(
                 f"--{flag} is fixed at calibration time and stored in {args.thresholds}; "
                 f"drop --{flag} or re-run `labelwatch calibrate --{flag} ...`"
             )
-    rule = FilterBy(args.filter_by or ONLINE_DEFAULT_RULE)
+    rule = FilterBy(args.filter_by) if args.filter_by else artifact.filter_by
     fit = artifact.fit
     decision = decide(fit, data.pred_probs, data.labels, rule)
     mode = f"online, thresholds from {args.thresholds}, pooling {pooling_name(fit.pooling)}"

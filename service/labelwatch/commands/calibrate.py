@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from labelwatch import datasets
-from labelwatch.calibration import ArtifactError, calibrate, save_artifact
+from labelwatch.calibration import DEFAULT_FILTER_BY, ArtifactError, calibrate, save_artifact
 from labelwatch.commands._offline import (
     DATA_HELP,
     add_class_names_argument,
@@ -19,6 +19,7 @@ from labelwatch.commands._offline import (
     pooling_name,
     pooling_settings,
 )
+from labelwatch.scoring import FilterBy
 
 _CHUNK = 1 << 20  # bytes read at a time when hashing the model
 
@@ -58,6 +59,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the ONNX model that produced DATA's probabilities; only its sha256 is recorded.",
     )
     add_pooling_arguments(parser, defaults_shown="")
+    parser.add_argument(
+        "--filter-by",
+        choices=[rule.value for rule in FilterBy],
+        default=DEFAULT_FILTER_BY.value,
+        help="flag rule recorded in the artifact: `labelwatch serve` flags tags with it "
+        "unless its own --filter-by is given; docs/detection.md compares the rules "
+        f"(default {DEFAULT_FILTER_BY.value}).",
+    )
     add_class_names_argument(parser)
     parser.set_defaults(func=run)
 
@@ -91,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             pooling=pooling,
             alpha=alpha,
             temperature=temperature,
+            filter_by=FilterBy(args.filter_by),
         )
     except (ArtifactError, ValueError) as exc:  # DataError is a ValueError
         return fail("calibrate", str(exc))
@@ -101,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     fit = artifact.fit
     print(
         f"calibrated on {data.n_examples} examples x {data.n_classes} classes "
-        f"(pooling {pooling_name(pooling)}, alpha {alpha:g}, temperature {temperature:g})"
+        f"(pooling {pooling_name(pooling)}, alpha {alpha:g}, temperature {temperature:g}, "
+        f"flag rule {artifact.filter_by.value})"
     )
     for counts, what, side, kind in (
         (fit.thresholds.n_pos, "never tagged", "t1", "MISSING"),

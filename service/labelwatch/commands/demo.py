@@ -36,15 +36,18 @@ class NoisyExample:
     flipped: frozenset[tuple[str, str]]  # (class, "MISSING" | "SPURIOUS") injected
 
 
-def load_test_split(path: Path, limit: int) -> list[tuple[str, str, tuple[str, ...]]]:
-    """``(id, text, tags)`` of the first ``limit`` packages of the test split."""
+def load_test_split(path: Path, limit: int | None = None) -> list[tuple[str, str, tuple[str, ...]]]:
+    """``(id, text, tags)`` of the test split's packages, in file order.
+
+    ``limit``: keep only the first ``limit`` packages (``None``: the whole split).
+    """
     rows: list[tuple[str, str, tuple[str, ...]]] = []
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         for line in handle:
             row = json.loads(line)
             if row.get("split") == "test":
                 rows.append((row["id"], row["text"], tuple(row["labels"])))
-                if len(rows) >= limit:
+                if limit is not None and len(rows) >= limit:
                     break
     return rows
 
@@ -112,7 +115,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help=f"debtags JSONL.gz (default {DEFAULT_DATA})"
     )
-    parser.add_argument("--limit", type=int, default=2000, help="test packages to stream")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="stream only the first LIMIT test packages (default: the whole test split, "
+        "6,037 packages)",
+    )
     parser.add_argument("--noise", type=float, default=0.1, help="fraction of packages corrupted")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--batch", type=int, default=32, help="examples per stream message")
@@ -152,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; return the exit code."""
     from labelwatch_client import Example, LabelwatchClient, LabelwatchError
 
+    if args.limit is not None and args.limit < 1:
+        print(f"labelwatch demo: error: --limit must be >= 1, got {args.limit}", file=sys.stderr)
+        return 2
     if not args.data.is_file():
         print(
             f"labelwatch demo: error: {args.data} not found; run from the labelwatch source "

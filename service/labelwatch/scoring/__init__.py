@@ -3,7 +3,8 @@
 Conventions used across this package:
 
 * ``pred_probs``: ``(n_examples, n_classes)`` float64 array of per-class
-  probabilities in ``[0, 1]`` (one-vs-rest, rows need not sum to 1).
+  probabilities in ``[0, 1]`` (one-vs-rest, rows need not sum to 1); the batch
+  functions keep float32 input float32, computing as cleanlab does on it.
 * ``labels``: ``(n_examples, n_classes)`` bool array, ``True`` where the
   annotator gave the tag.
 * A flag matrix is an ``(n_examples, n_classes)`` bool array; a flagged

@@ -4,11 +4,14 @@
 (``return_indices_ranked_by=None``) split per class; :func:`label_quality_scores` is
 ``cleanlab.multilabel_classification.rank.get_label_quality_scores``.
 
+float32 ``pred_probs`` are computed as cleanlab computes them: ``1 - p``,
+thresholds, margins and per-class scores in float32 (a class with an empty side
+compares with, and adjusts by, float64 thresholds, as cleanlab's ``[mean, 2.0]``
+list becomes float64), per-class scores pooled in float64. Other dtypes are widened
+to float64.
+
 Where we knowingly differ from cleanlab (all tested in ``tests/test_scoring_parity.py``):
 
-* Arithmetic is float64 throughout: cleanlab run on float32 ``pred_probs`` computes
-  ``1 - p`` and the thresholds in float32 (scores then differ by ~1e-8). We equal
-  cleanlab run on the same values widened to float64.
 * Inputs cleanlab rejects get the natural extension of its own formulas: a class
   tagged on every example (cleanlab: "Labels must contain at least 2 classes"),
   ``predicted_neq_given`` with a class never tagged (same error), and one class
@@ -32,7 +35,7 @@ from numpy.typing import ArrayLike, NDArray
 from labelwatch.scoring import flags as rules
 from labelwatch.scoring.pooling import label_quality
 from labelwatch.scoring.sides import split_sides
-from labelwatch.scoring.thresholds import as_arrays, fit_thresholds, thresholds_of
+from labelwatch.scoring.thresholds import as_arrays, thresholds_of
 from labelwatch.scoring.types import ClassScore, FilterBy, Pooling
 
 RANK_RULES = (FilterBy.PRUNE_BY_NOISE_RATE, FilterBy.PRUNE_BY_CLASS, FilterBy.BOTH)
@@ -52,7 +55,7 @@ def find_label_issues(
 ) -> NDArray[np.bool_]:
     """``(N, K)`` bool per-class flags; ``flags.any(axis=1)`` is cleanlab's mask.
 
-    ``pred_probs`` ``(N, K)`` in [0, 1] (float32 is widened), ``labels`` ``(N, K)``
+    ``pred_probs`` ``(N, K)`` in [0, 1] (float32 kept, else float64), ``labels`` ``(N, K)``
     bool/int (nonzero = tagged). Keyword arguments are cleanlab's, same defaults;
     ``frac_noise``, ``num_to_remove_per_class`` and ``min_examples_per_class``
     only act on the rank rules (``prune_by_*``, ``both``), as in cleanlab.
@@ -71,7 +74,7 @@ def find_label_issues(
             f"num_to_remove_per_class is only supported by filter_by "
             f"{', '.join(r.value for r in RANK_RULES)}, not {rule.value!r}"
         )
-    probs, tags = as_arrays(pred_probs, labels)
+    probs, tags = as_arrays(pred_probs, labels, keep_float32=True)
     sides = split_sides(probs, tags)  # shared by the thresholds and the rank rules
     thresholds = thresholds_of(sides)
     if rule is FilterBy.CONFIDENT_LEARNING:
@@ -116,8 +119,10 @@ def label_quality_scores(
     >>> label_quality_scores(probs, np.array([[0, 1, 0], [1, 0, 1]]))
     array([0.9, 0.5])
     """
-    probs, tags = as_arrays(pred_probs, labels)
-    adjusted_by = fit_thresholds(probs, tags) if adjust_pred_probs else None
+    probs, tags = as_arrays(pred_probs, labels, keep_float32=True)
+    adjusted_by = None
+    if adjust_pred_probs:
+        adjusted_by = thresholds_of(split_sides(probs, tags, keep_values=False))
     return label_quality(
         probs,
         tags,

@@ -16,10 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from labelwatch.scoring.thresholds import TOLERANCE, cut_points
 from labelwatch.scoring.types import Thresholds
 
-TOLERANCE = 1e-6
-"""cleanlab's ``FLOATING_POINT_COMPARISON``."""
 TINY_VALUE = 1e-100
 """cleanlab's ``TINY_VALUE`` (denominator floor in calibration)."""
 _DIAG = (slice(None), [0, 1], [0, 1])
@@ -35,8 +34,9 @@ def confident_assignment(
     ``guess`` the confident side (both clear: ``p > 1 - p``, argmax's tie-break).
     """
     q = np.subtract(1.0, probs)
-    above0 = np.greater_equal(q, thresholds.t0 - TOLERANCE)
-    above1 = np.greater_equal(probs, thresholds.t1 - TOLERANCE)
+    cut = cut_points(thresholds, probs.dtype)
+    above0 = np.greater_equal(q, cut[:, 0])
+    above1 = np.greater_equal(probs, cut[:, 1])
     # guess = where(above0 & above1, p > q, above1), without float temporaries.
     guess = np.less_equal(probs, q)
     guess &= above0

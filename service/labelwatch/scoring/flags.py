@@ -17,7 +17,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from labelwatch.scoring.counts import (
-    TOLERANCE,
     calibrate_joint,
     confident_assignment,
     confident_joint,
@@ -26,6 +25,7 @@ from labelwatch.scoring.counts import (
 )
 from labelwatch.scoring.pooling import exponential_moving_average, self_confidence
 from labelwatch.scoring.sides import Sides, split_sides
+from labelwatch.scoring.thresholds import TOLERANCE
 from labelwatch.scoring.types import Thresholds
 
 Flags = NDArray[np.bool_]
@@ -182,7 +182,8 @@ def rank_cuts(
     cut = np.empty(take.shape, dtype=np.float64)
     cut[:, 0], cut[:, 1] = np.inf, -np.inf
     classes, side_of = np.nonzero(eligible & (take > 0))
-    window = np.full((classes.shape[0], 3), np.nan)  # p before, at and after the cut
+    # p before, at and after the cut, in the input's precision (keys tie as cleanlab's do)
+    window = np.full((classes.shape[0], 3), np.nan, dtype=sides.values[0].dtype)
     starts = [s.tolist() for s in sides.starts]
     for i, (c, g) in enumerate(zip(classes.tolist(), side_of.tolist(), strict=True)):
         size = int(sides.counts[c, g])
@@ -278,8 +279,12 @@ RULE_ALPHA = 0.8
 
 
 def rule_scores(probs: NDArray[np.float64], tags: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """``(N,)`` the label-quality score the two score rules rank by."""
-    return exponential_moving_average(self_confidence(probs, tags), RULE_ALPHA)
+    """``(N,)`` the label-quality score the two score rules rank by.
+
+    Per-class scores in the input's precision, pooled in float64 (as cleanlab's scorer).
+    """
+    scores = np.asarray(self_confidence(probs, tags), dtype=np.float64)
+    return exponential_moving_average(scores, RULE_ALPHA, overwrite=scores.dtype != probs.dtype)
 
 
 def attribute(

@@ -14,6 +14,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
+from labelwatch.scoring.thresholds import single_precision
 from labelwatch.scoring.types import ClassScore, Pooling, Thresholds
 
 EMA_TOLERANCE = 1e-17
@@ -40,14 +41,28 @@ def self_confidence(probs: NDArray[np.float64], tags: NDArray[np.bool_]) -> NDAr
 
 
 def _adjusted(
-    probs: NDArray[np.float64], thresholds: Thresholds
+    probs: NDArray[np.float64], thresholds: Thresholds, q: NDArray[np.float64] | None = None
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """cleanlab's ``_subtract_confident_thresholds`` of ``[1 - p, p]``: ``(a0, a1)``, ``(N, K)``."""
+    """cleanlab's ``_subtract_confident_thresholds`` of ``[q, p]``: ``(a0, a1)``, ``(N, K)``.
+
+    ``q``: cleanlab's ``1 - p`` (computed here if not given).
+    """
     top = np.maximum(thresholds.t0, thresholds.t1)
-    a0 = ((1 - probs) - thresholds.t0) + top
+    a0 = ((1 - probs if q is None else q) - thresholds.t0) + top
     a1 = (probs - thresholds.t1) + top
     total = a0 + a1
     return a0 / total, a1 / total
+
+
+def _given_other(
+    p0: NDArray[np.float64], p1: NDArray[np.float64], tags: NDArray[np.bool_], method: ClassScore
+) -> NDArray[np.float64]:
+    """``(N, K)`` scores from the two sides' (adjusted) probabilities, in their dtype."""
+    given = np.where(tags, p1, p0)
+    if method is ClassScore.SELF_CONFIDENCE:
+        return given
+    other = np.where(tags, p0, p1)
+    return (given - other + 1) / 2
 
 
 def class_scores(
@@ -57,23 +72,54 @@ def class_scores(
     *,
     adjusted_by: Thresholds | None = None,
 ) -> NDArray[np.float64]:
-    """``(N, K)`` per-class scores; ``adjusted_by``: cleanlab's ``adjust_pred_probs=True``.
+    """``(N, K)`` float64 per-class scores; ``adjusted_by``: cleanlab's ``adjust_pred_probs=True``.
 
     ``normalized_margin`` is ``(P[given] - P[other] + 1) / 2``. With
     ``adjusted_by``, ``P`` has each side's threshold subtracted, the larger
     threshold added back and each row renormalised (class-imbalance adjustment).
+    float32 ``probs``: computed in float32, then widened, as cleanlab's scorer does.
     """
+    if probs.dtype == np.float32:
+        return _class_scores_float32(probs, tags, method, adjusted_by)
     if adjusted_by is None:
         if method is ClassScore.SELF_CONFIDENCE:
             return self_confidence(probs, tags)
         p0, p1 = 1 - probs, probs
     else:
         p0, p1 = _adjusted(probs, adjusted_by)
-    given = np.where(tags, p1, p0)
-    if method is ClassScore.SELF_CONFIDENCE:
-        return given
-    other = np.where(tags, p0, p1)
-    return (given - other + 1) / 2
+    return _given_other(p0, p1, tags, method)
+
+
+def _class_scores_float32(
+    probs: NDArray[np.float64],
+    tags: NDArray[np.bool_],
+    method: ClassScore,
+    adjusted_by: Thresholds | None,
+) -> NDArray[np.float64]:
+    """:func:`class_scores` of float32 ``probs``, each class in cleanlab's precision.
+
+    Adjusted, a class with an empty side has float64 thresholds in cleanlab (see
+    :func:`~labelwatch.scoring.thresholds.single_precision`), so its ``[1 - p, p]``
+    (float32 values) is adjusted in float64.
+    """
+    q = np.subtract(1.0, probs)
+    out = np.empty(probs.shape, dtype=np.float64)
+    if adjusted_by is None:
+        out[...] = _given_other(q, probs, tags, method)
+        return out
+    narrow = single_precision(adjusted_by.n_pos, adjusted_by.n_neg, probs.dtype)
+    for cols, dtype in ((narrow, np.float32), (~narrow, np.float64)):
+        if not cols.any():
+            continue
+        part = Thresholds(
+            t0=adjusted_by.t0[cols].astype(dtype),
+            t1=adjusted_by.t1[cols].astype(dtype),
+            n_pos=adjusted_by.n_pos[cols],
+            n_neg=adjusted_by.n_neg[cols],
+        )
+        p0, p1 = _adjusted(probs[:, cols].astype(dtype), part, q[:, cols].astype(dtype))
+        out[:, cols] = _given_other(p0, p1, tags[:, cols], method)
+    return out
 
 
 def ema_tail_size(alpha: float) -> int | None:

@@ -34,10 +34,10 @@ def transpose_into(out: NDArray[np.generic], a: NDArray[np.generic]) -> None:
 class Sides:
     """Per class and side ``g`` (0 untagged, 1 tagged): that side's probabilities.
 
-    ``values[g]`` is ``(K + pairs on side g,)`` float64: for each class in turn a
+    ``values[g]`` is ``(K + pairs on side g,)``, of the input's dtype: for each class in turn a
     0.0, then ``p`` of the class's side-g examples in example order; ``starts[g]``
     ``(K,)`` the offsets of those zeros. ``counts`` ``(K, 2)`` int64: untagged and
-    tagged examples. ``sums`` ``(K, 2)`` float64: per class the sum of ``1 - p``
+    tagged examples. ``sums`` ``(K, 2)``, same dtype: per class the sum of ``1 - p``
     over untagged and of ``p`` over tagged examples, each exactly as ``np.sum``
     adds the masked column (0 plus numpy's pairwise sum, which ``np.add.reduceat``
     reproduces from the segment's leading 0.0).
@@ -63,7 +63,7 @@ CHUNK_MIN_CLASSES = 32
 def split_sides(
     probs: NDArray[np.float64], tags: NDArray[np.bool_], *, keep_values: bool = True
 ) -> Sides:
-    """Split ``(N, K)`` float64 ``probs`` by the ``(N, K)`` bool ``tags`` (see :class:`Sides`).
+    """Split ``(N, K)`` float64/float32 ``probs`` by ``(N, K)`` bool ``tags`` (:class:`Sides`).
 
     A chunk of classes at a time: transpose it (with a leading 0.0 column), then
     gather each side (``np.take`` of ``np.flatnonzero``, faster than boolean
@@ -71,14 +71,15 @@ def split_sides(
     ``keep_values=False``: only ``counts`` and ``sums`` are wanted (``values`` empty).
     """
     n, k = probs.shape
-    width = max(1, min(k, max(CHUNK_MIN_CLASSES, CHUNK_BYTES // (8 * (n + 1)))))
+    dtype = probs.dtype
+    width = max(1, min(k, max(CHUNK_MIN_CLASSES, CHUNK_BYTES // (dtype.itemsize * (n + 1)))))
     n_tagged = int(np.count_nonzero(tags))
     totals = (k * (n + 1) - n_tagged, k + n_tagged)  # with the leading zeros
-    values = tuple(np.empty(total if keep_values else 0, dtype=np.float64) for total in totals)
+    values = tuple(np.empty(total if keep_values else 0, dtype=dtype) for total in totals)
     starts = (np.zeros(k + 1, dtype=np.intp), np.zeros(k + 1, dtype=np.intp))
     counts = np.empty((k, 2), dtype=np.int64)
-    sums = np.empty((k, 2), dtype=np.float64)
-    p_t = np.empty((width, n + 1), dtype=np.float64)
+    sums = np.empty((k, 2), dtype=dtype)
+    p_t = np.empty((width, n + 1), dtype=dtype)
     p_t[:, 0] = 0.0
     mask = np.empty((width, n + 1), dtype=np.bool_)
     mask[:, 0] = True
