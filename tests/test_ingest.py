@@ -489,21 +489,9 @@ def test_transient_scoring_failure_naks_and_the_redelivery_is_scored_and_counted
         fetch_timeout_seconds=0.2,
     )
     publish_json(nats.url, examples(5, "t-"))
-
-    async def consume() -> StreamConsumer:
-        consumer = StreamConsumer(
-            options, score=flaky, spec=pipeline.spec, metrics=IngestMetrics(registry)
-        )
-        stop = asyncio.Event()
-        task = asyncio.create_task(consumer.run(stop))
-        deadline = time.monotonic() + 20
-        while consumer.stats.processed < 5 and time.monotonic() < deadline and not task.done():
-            await asyncio.sleep(0.05)
-        stop.set()
-        await task
-        return consumer
-
-    consumer = asyncio.run(consume())
+    consumer = run_in_process(
+        options, flaky, pipeline.spec, registry, lambda c: c.stats.processed >= 5
+    )
     assert consumer.stats.processed == 5
     assert consumer.stats.naked == calls[0] > 0
     assert len(calls) >= 2
