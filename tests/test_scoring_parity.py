@@ -236,37 +236,49 @@ AGGREGATORS = [
 ]
 
 
+def _assert_scores_match_cleanlab(
+    case: Case,
+    tags: np.ndarray,
+    method: ClassScore,
+    adjust: bool,
+    agg: tuple[Pooling, float, float],
+) -> None:
+    """Our scores equal cleanlab's: within 1e-15, and bit for bit for softmin and for the EMA
+    up to its tail size."""
+    pooling, alpha, temperature = agg
+    kwargs: dict[str, object] = {"method": pooling.value}
+    kwargs.update({"alpha": alpha} if pooling is Pooling.EMA else {"temperature": temperature})
+    tail = ema_tail_size(alpha)
+    ours = label_quality_scores(
+        case.probs,
+        tags,
+        method=method,
+        adjust_pred_probs=adjust,
+        pooling=pooling,
+        alpha=alpha,
+        temperature=temperature,
+    )
+    ref = ml_rank.get_label_quality_scores(
+        case.lists,
+        case.probs,
+        method=method.value,
+        adjust_pred_probs=adjust,
+        aggregator_kwargs=kwargs,
+    )
+    assert ours.dtype == np.float64 and ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-15, err_msg=case.name)
+    if pooling is Pooling.SOFTMIN or tail is None or case.probs.shape[1] <= tail:
+        np.testing.assert_array_equal(ours, ref, case.name)  # bit for bit
+
+
 @pytest.mark.parametrize("adjust", [False, True], ids=["raw", "adjusted"])
 @pytest.mark.parametrize("method", list(ClassScore), ids=lambda m: m.value)
 @pytest.mark.parametrize("agg", AGGREGATORS, ids=lambda a: f"{a[0].value}-{a[1]}-{a[2]}")
 def test_scores_equal_cleanlab(
     agg: tuple[Pooling, float, float], method: ClassScore, adjust: bool
 ) -> None:
-    pooling, alpha, temperature = agg
-    kwargs: dict[str, object] = {"method": pooling.value}
-    kwargs.update({"alpha": alpha} if pooling is Pooling.EMA else {"temperature": temperature})
-    tail = ema_tail_size(alpha)
     for case in cases(min_k=2):
-        ours = label_quality_scores(
-            case.probs,
-            case.tags,
-            method=method,
-            adjust_pred_probs=adjust,
-            pooling=pooling,
-            alpha=alpha,
-            temperature=temperature,
-        )
-        ref = ml_rank.get_label_quality_scores(
-            case.lists,
-            case.probs,
-            method=method.value,
-            adjust_pred_probs=adjust,
-            aggregator_kwargs=kwargs,
-        )
-        assert ours.dtype == np.float64 and ours.shape == ref.shape
-        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-15, err_msg=case.name)
-        if pooling is Pooling.SOFTMIN or tail is None or case.probs.shape[1] <= tail:
-            np.testing.assert_array_equal(ours, ref, case.name)  # bit for bit
+        _assert_scores_match_cleanlab(case, case.tags, method, adjust, agg)
 
 
 def assert_scores_equal(ours: NDArray[np.float64], ref: NDArray[np.float64], k: int) -> None:
@@ -373,33 +385,9 @@ def test_float32_scores_equal_cleanlab_float32(
 ) -> None:
     """float32 input scores as cleanlab's own float32 run: bit for bit where the float64
     path is (EMA up to its tail size, softmin), within 1e-15 beyond."""
-    pooling, alpha, temperature = agg
-    kwargs: dict[str, object] = {"method": pooling.value}
-    kwargs.update({"alpha": alpha} if pooling is Pooling.EMA else {"temperature": temperature})
-    tail = ema_tail_size(alpha)
     for case in CASES32:
-        if case.probs.shape[1] < 2:
-            continue
-        ours = label_quality_scores(
-            case.probs,
-            case.tags.astype(np.int64),
-            method=method,
-            adjust_pred_probs=adjust,
-            pooling=pooling,
-            alpha=alpha,
-            temperature=temperature,
-        )
-        ref = ml_rank.get_label_quality_scores(
-            case.lists,
-            case.probs,
-            method=method.value,
-            adjust_pred_probs=adjust,
-            aggregator_kwargs=kwargs,
-        )
-        assert ours.dtype == np.float64 and ours.shape == ref.shape
-        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-15, err_msg=case.name)
-        if pooling is Pooling.SOFTMIN or tail is None or case.probs.shape[1] <= tail:
-            np.testing.assert_array_equal(ours, ref, case.name)
+        if case.probs.shape[1] >= 2:
+            _assert_scores_match_cleanlab(case, case.tags.astype(np.int64), method, adjust, agg)
 
 
 def test_float32_default_arguments_match_cleanlab_float32() -> None:
