@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -588,3 +589,26 @@ def test_serve_help_says_the_embedded_default_model_is_served_without_model_flag
     entry = _serve_help_of(flag)
     assert "embedded default model" in entry
     assert "--model" in entry and "--thresholds" in entry
+
+
+def test_drain_delay_keeps_serving_while_check_already_says_not_serving(
+    artifact_path: Path,
+) -> None:
+    args = ["--thresholds", str(artifact_path), "--drain-delay-seconds", "30"]
+    with server_process(args) as proc:
+        with grpc.insecure_channel(proc.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            stub = pb_grpc.LabelQualityStub(channel)
+            check = health_pb2.HealthCheckRequest(service="")
+            assert health.Check(check, timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+            proc.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            status = health_pb2.HealthCheckResponse.SERVING
+            while status == health_pb2.HealthCheckResponse.SERVING:
+                assert time.monotonic() < deadline, "health never said NOT_SERVING"
+                time.sleep(0.02)  # poll interval
+                status = health.Check(check, timeout=10).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # still listening and answering during the delay: a poller can take it out first
+            request = pb.ScoreRequest(examples=[pb.Example(id="late", probabilities=_probs())])
+            assert stub.Score(request, timeout=10).results[0].id == "late"

@@ -75,6 +75,14 @@ class Settings:
         default=10.0,
         metadata={"help": "on SIGTERM/SIGINT, seconds in-flight calls get to finish."},
     )
+    drain_delay_seconds: float = field(
+        default=0.0,
+        metadata={
+            "help": "on SIGTERM/SIGINT, seconds to keep serving while health already says "
+            "NOT_SERVING, so load balancers that poll Check take this server out before it "
+            "stops listening; then the --grace-seconds drain starts (0 = at once)."
+        },
+    )
     # None: the rule the artifact records (confident_learning for one that records none)
     filter_by: FilterBy | None = field(
         default=None,

@@ -361,6 +361,10 @@ def serve_forever(
         signal.Signals(received[0]).name,
         settings.grace_seconds,
     )
+    if settings.drain_delay_seconds > 0:
+        running.health.enter_graceful_shutdown()  # NOT_SERVING, still answering calls
+        log.info("event=drain_delay seconds=%s", settings.drain_delay_seconds)
+        threading.Event().wait(settings.drain_delay_seconds)
     running.stop(settings.grace_seconds)
     log.info("event=stopped")
     return 0
