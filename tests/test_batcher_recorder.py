@@ -27,19 +27,10 @@ from labelwatch.metrics import Metrics
 from labelwatch.outbox import Outbox
 from labelwatch.pipeline import Pipeline
 from labelwatch.scoring import FilterBy
+from support_delivery import wait_until
 
 K = 6
 NAMES = tuple(f"c{k}" for k in range(K))
-
-
-def wait_for(predicate: object, what: str, timeout: float = 10.0) -> None:
-    """Poll ``predicate()`` until true or fail after ``timeout`` seconds."""
-    done = threading.Event()
-    for _ in range(int(timeout / 0.005)):
-        if predicate():  # type: ignore[operator]
-            return
-        done.wait(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class CountingPipeline(Pipeline):
@@ -116,7 +107,9 @@ def test_the_next_batch_is_computed_while_a_commit_is_blocked_then_all_share_one
             pool.submit(batcher.score, [flagged_example(i)]) for i in range(8)
         ]
         # all 8 one-example batches get computed although the first commit cannot finish
-        wait_for(lambda: pipeline.computed == 8, "8 batches computed during a blocked commit")
+        wait_until(
+            lambda: pipeline.computed == 8, 10, "8 batches computed during a blocked commit", 0.005
+        )
         assert not any(f.done() for f in futures), "an answer went out before its flags"
         assert pipeline.recorded == []
         blocker.execute("ROLLBACK")
@@ -186,8 +179,8 @@ def test_a_queued_job_whose_deadline_passes_is_dropped_not_computed() -> None:
         deadline = time.monotonic() + 0.05
         late = pool.submit(batcher.score, [flagged_example(1)], deadline=deadline)
         alive = pool.submit(batcher.score, [flagged_example(2)], deadline=deadline + 60)
-        wait_for(lambda: batcher.queued_jobs == 2, "two jobs queued behind the first")
-        wait_for(lambda: time.monotonic() > deadline, "the short deadline to pass")
+        wait_until(lambda: batcher.queued_jobs == 2, 10, "two jobs queued behind the first", 0.005)
+        wait_until(lambda: time.monotonic() > deadline, 10, "the short deadline to pass", 0.005)
         pipeline.gate.set()
         assert first.result(timeout=30).examples[0].id == "ex-0"
         assert alive.result(timeout=30).examples[0].id == "ex-2"
