@@ -189,7 +189,36 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> _Pro
     return proc
 
 
-class LabelwatchServer:
+class _ServerProcess:
+    """A server child process started by a subclass's ``__enter__``; stopped on exit."""
+
+    target: str = ""
+    _proc: _Proc | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.process.pid
+
+    def memory(self) -> Memory:
+        """Memory of the server's processes (all workers) now."""
+        return tree_memory(self.pid)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the server's processes used so far."""
+        return tree_cpu_seconds(self.pid)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._proc is not None:
+            self._proc.stop()
+
+
+class LabelwatchServer(_ServerProcess):
     """``labelwatch serve`` in a subprocess (its own data dir under ``work_dir``)."""
 
     def __init__(
@@ -205,7 +234,7 @@ class LabelwatchServer:
         self.work_dir = work_dir
         self.start_timeout = start_timeout
         self.target = ""
-        self._proc: _Proc | None = None
+        self._proc = None
 
     def command(self) -> list[str]:
         """The exact command line run."""
@@ -215,11 +244,6 @@ class LabelwatchServer:
         cmd += ["--thresholds", str(self.served.thresholds), "--port", "0", "--metrics-port", "0"]
         cmd += ["--data-dir", str(self.work_dir / "data")]
         return cmd + self.config.flags()
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None
-        return self._proc.process.pid
 
     def __enter__(self) -> LabelwatchServer:
         if self.work_dir.exists():
@@ -239,23 +263,6 @@ class LabelwatchServer:
         self._proc.stop()
         tail = "".join(self._proc.lines[-20:])
         raise RuntimeError(f"labelwatch did not start ({self.config.label()}):\n{tail}")
-
-    def memory(self) -> Memory:
-        """Memory of the server's processes (all workers) now."""
-        return tree_memory(self.pid)
-
-    def cpu_seconds(self) -> float:
-        """CPU seconds the server's processes used so far."""
-        return tree_cpu_seconds(self.pid)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._proc is not None:
-            self._proc.stop()
 
 
 def peer_available() -> bool:
@@ -280,7 +287,7 @@ class PeerConfig:
         return f"parallel_workers={self.parallel_workers} {batching}"
 
 
-class MlserverServer:
+class MlserverServer(_ServerProcess):
     """MLServer (bench/.venv-mlserver) serving ``served.model`` with bench/peer/onnx_runtime.py."""
 
     MODEL_NAME = "model"
@@ -300,7 +307,7 @@ class MlserverServer:
         self.work_dir = work_dir
         self.start_timeout = start_timeout
         self.target = ""
-        self._proc: _Proc | None = None
+        self._proc = None
 
     def _write_settings(self, grpc_port: int, http_port: int) -> Path:
         model_dir = self.work_dir / "models" / self.MODEL_NAME
@@ -329,11 +336,6 @@ class MlserverServer:
         (model_dir / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
         return self.work_dir / "models"
 
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None
-        return self._proc.process.pid
-
     def __enter__(self) -> MlserverServer:
         from servebench.peer import wait_ready
 
@@ -355,16 +357,3 @@ class MlserverServer:
         self._proc.stop()
         tail = "".join(self._proc.lines[-30:])
         raise RuntimeError(f"MLServer did not start ({self.config.label()}):\n{tail}")
-
-    def memory(self) -> Memory:
-        """Memory of MLServer's processes now."""
-        return tree_memory(self.pid)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._proc is not None:
-            self._proc.stop()
