@@ -19,7 +19,7 @@ from labelwatch.scoring import (
     fit_thresholds,
     label_quality_scores,
 )
-from labelwatch.scoring import flags as rules
+from labelwatch.scoring import rules
 from labelwatch.scoring.online import MARGIN_RULES
 
 EXACT_RULES = (FilterBy.CONFIDENT_LEARNING, FilterBy.PREDICTED_NEQ_GIVEN)

@@ -35,7 +35,7 @@ from labelwatch.scoring import (
     fit_thresholds,
     label_quality_scores,
 )
-from labelwatch.scoring import flags as rules
+from labelwatch.scoring import rules
 from labelwatch.scoring.counts import calibrate_joint, round_preserving_rows
 from labelwatch.scoring.pooling import ema_tail_size
 

@@ -23,7 +23,7 @@ from labelwatch.scoring import (
     label_quality_scores,
 )
 from labelwatch.scoring import batch as batch_module
-from labelwatch.scoring import flags as rules
+from labelwatch.scoring import rules
 from labelwatch.scoring import pooling as pooling_module
 from labelwatch.scoring.pooling import ema_tail_size, exponential_moving_average, softmin
 

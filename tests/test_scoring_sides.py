@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from labelwatch.scoring import fit_thresholds
-from labelwatch.scoring import flags as rules
+from labelwatch.scoring import rules
 from labelwatch.scoring.pooling import self_confidence
 from labelwatch.scoring.sides import split_sides
 

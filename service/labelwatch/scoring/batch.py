@@ -21,7 +21,7 @@ Where we knowingly differ from cleanlab (all tested in ``tests/test_scoring_pari
   smallest class scores (25 at alpha 0.8): bit-identical to cleanlab up to that
   many classes, within 1e-17 beyond.
 * ``low_self_confidence``/``low_normalized_margin`` flag whole examples in
-  cleanlab; the per-class split is ours (:func:`labelwatch.scoring.flags.attribute`).
+  cleanlab; the per-class split is ours (:func:`labelwatch.scoring.rules.attribute`).
 * ``low_memory=True`` (cleanlab's approximate batched algorithm) is not offered.
 """
 
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from labelwatch.scoring import flags as rules
+from labelwatch.scoring import rules
 from labelwatch.scoring.pooling import label_quality
 from labelwatch.scoring.sides import split_sides
 from labelwatch.scoring.thresholds import as_arrays, thresholds_of

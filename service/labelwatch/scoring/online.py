@@ -18,7 +18,7 @@ depends on the dataset, and :func:`decide` compares each new example with it:
   examples ``confident_learning`` flags), scored by cleanlab's default
   self-confidence + EMA(alpha 0.8), whatever the fit's pooling. Online flags
   every example scoring ``<= score_cutoff``, the n-th lowest calibration score
-  (NaN: none). Per-class flags come from :func:`labelwatch.scoring.flags.attribute`.
+  (NaN: none). Per-class flags come from :func:`labelwatch.scoring.rules.attribute`.
 * Every rule but the two score rules finally keeps only pairs where the model
   disagrees with the tag (cleanlab's ``_reduce_issues``).
 
@@ -39,7 +39,7 @@ import dataclasses
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from labelwatch.scoring import flags as rules
+from labelwatch.scoring import rules
 from labelwatch.scoring.batch import SCORE_RULES
 from labelwatch.scoring.pooling import class_scores, pool
 from labelwatch.scoring.thresholds import as_arrays, fit_thresholds

@@ -316,20 +316,3 @@ def low_score(
     rows = np.zeros(scores.shape[0], dtype=np.bool_)
     rows[np.argsort(scores)[:n_errors]] = True
     return attribute(rows, probs, tags), rows, scores
-
-
-def low_self_confidence(
-    probs: NDArray[np.float64], tags: NDArray[np.bool_], thresholds: Thresholds
-) -> Flags:
-    """``(N, K)`` split of cleanlab's ``low_self_confidence`` mask (see :func:`low_score`)."""
-    return low_score(probs, tags, thresholds)[0]
-
-
-def low_normalized_margin(
-    probs: NDArray[np.float64], tags: NDArray[np.bool_], thresholds: Thresholds
-) -> Flags:
-    """cleanlab's multi-label ``low_normalized_margin``: the same mask as ``low_self_confidence``.
-
-    (Its multi-label path ranks both by the default self-confidence score.)
-    """
-    return low_score(probs, tags, thresholds)[0]
