@@ -21,6 +21,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from labelwatch.codec import ExampleDecoder
 from labelwatch.domain import InputKind, LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.grpc.servicer import LabelQualityServicer
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
@@ -105,7 +106,7 @@ class _Broken:
 @pytest.fixture
 def broken_stub() -> Iterator[pb_grpc.LabelQualityStub]:
     spec = ModelSpec(InputKind.PROBABILITIES_ONLY, None, CLASS_NAMES)
-    servicer = LabelQualityServicer(spec, _Broken(), pb.ModelInfo(), max_batch=10)
+    servicer = LabelQualityServicer(ExampleDecoder(spec), _Broken(), pb.ModelInfo(), max_batch=10)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     pb_grpc.add_LabelQualityServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

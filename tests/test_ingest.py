@@ -24,11 +24,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from labelwatch.codec import ExampleDecoder
+from labelwatch.codec.proto import example_from_proto
 from labelwatch.config import Settings
 from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import OutboxUnavailable
 from labelwatch.flag import Flag, flags_from_batch
-from labelwatch.grpc.converters import example_from_proto
 from labelwatch.ingest import ConsumeOptions, StreamConsumer
 from labelwatch.ingest_app import READY_LINE
 from labelwatch.ingest_messages import PROTOBUF_CONTENT_TYPE
@@ -293,8 +294,8 @@ def flag_view(flag: Flag) -> FlagView:
 def expected_flags(thresholds: Path, exs: Sequence[pb.Example]) -> set[FlagView]:
     """The flags of one in-process scoring of ``exs`` (the reference for the consumers)."""
     pipeline = load_pipeline(Settings(thresholds=thresholds), Metrics(CollectorRegistry()))
-    index = {name: i for i, name in enumerate(CLASS_NAMES)}
-    domain = [example_from_proto(ex, i, pipeline.spec, index) for i, ex in enumerate(exs)]
+    decoder = ExampleDecoder(pipeline.spec)
+    domain = [example_from_proto(ex, i, decoder) for i, ex in enumerate(exs)]
     batch = pipeline.score(domain)
     return {flag_view(f) for f in flags_from_batch(batch, pipeline.spec.class_names)}
 

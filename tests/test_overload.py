@@ -15,9 +15,10 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from labelwatch.codec import ExampleDecoder
+from labelwatch.codec.proto import examples_from_request
 from labelwatch.domain import InputKind, ModelSpec
 from labelwatch.errors import Overloaded
-from labelwatch.grpc.converters import examples_from_request
 from labelwatch.security.admission import Admission
 from labelwatch.security.metrics import SecurityMetrics
 from labelwatch.server import RunningServer
@@ -147,7 +148,7 @@ def test_a_request_whose_deadline_passes_before_scoring_is_dropped_and_counted(
     big = request.SerializeToString()
     spec = ModelSpec(InputKind.PROBABILITIES_ONLY, None, CLASS_NAMES)
     started = time.perf_counter()
-    examples_from_request(request, spec, {c: i for i, c in enumerate(CLASS_NAMES)}, n)
+    examples_from_request(request, ExampleDecoder(spec), n)
     validation_seconds = time.perf_counter() - started
     # long enough to arrive and be admitted, far too short to survive validation
     timeout = validation_seconds / 4

@@ -1,4 +1,4 @@
-"""Domain values passed between the gRPC converters and the pipeline."""
+"""Domain values passed between the codecs (:mod:`labelwatch.codec`) and the pipeline."""
 
 from __future__ import annotations
 

@@ -4,10 +4,10 @@ One :class:`StreamConsumer` holds a durable pull consumer on the input stream.
 Any number of processes using the same durable name share the messages
 (JetStream hands each message to one of them). For every fetched batch:
 
-1. each message is decoded and validated (:mod:`labelwatch.ingest_messages`,
-   then the gRPC path's :func:`example_from_proto`); a malformed one is
-   published to the dead-letter subject with its reason and acked, so it is
-   never retried;
+1. each message is decoded (:mod:`labelwatch.ingest_messages`) and validated
+   by the codec every transport shares (:class:`~labelwatch.codec.ExampleDecoder`);
+   a malformed one is published to the dead-letter subject with its reason and
+   acked, so it is never retried;
 2. the valid examples are scored in a worker thread through the shared
    ``score`` callable (the :class:`~labelwatch.batcher.Batcher`, so concurrent
    batches merge into one model call) -- the pipeline stores their flags in the
@@ -39,7 +39,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import nats
 import nats.errors
@@ -49,11 +49,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, PubAck, RetentionPolicy, StreamConfig
 
+from labelwatch.codec import DEFAULT_LIMITS, ExampleDecoder
+from labelwatch.codec.proto import response_from_batch
 from labelwatch.config import mask_url
 from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import ErrorCode, PublicError, WrongInputKind
-from labelwatch.grpc.converters import DEFAULT_LIMITS, example_from_proto, response_from_batch
-from labelwatch.ingest_messages import dead_letter_json, example_from_message, result_json
+from labelwatch.ingest_messages import dead_letter_json, fields_from_message, result_json
 from labelwatch.ingest_metrics import IngestMetrics
 from labelwatch.security.limits import ExampleLimits
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
@@ -104,8 +105,6 @@ class ConsumeStats:
     naked: int = 0
     abandoned: int = 0
     """Messages still in hand when the grace ran out (nak'd for the other processes)."""
-    fetched: int = 0
-    started: float = field(default_factory=time.monotonic)
 
 
 async def _log_nats_error(exc: Exception) -> None:
@@ -131,9 +130,8 @@ class StreamConsumer:
         self.options = options
         self._score = score
         self._spec = spec
-        self._class_index = {name: i for i, name in enumerate(spec.class_names)}
+        self._decoder = ExampleDecoder(spec, limits)
         self._metrics = metrics
-        self._limits = limits
         self.stats = ConsumeStats()
         self._in_flight = 0
         self._slot_freed = asyncio.Event()
@@ -266,7 +264,6 @@ class StreamConsumer:
             if not msgs:
                 continue
             self._take(len(msgs))
-            self.stats.fetched += len(msgs)
             with contextlib.suppress(nats.errors.Error):
                 self._metrics.pending.set(msgs[-1].metadata.num_pending)
             task = asyncio.create_task(self._handle(msgs))
@@ -330,10 +327,7 @@ class StreamConsumer:
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 try:
-                    proto = example_from_message(msg.data, msg.headers)
-                    example = example_from_proto(
-                        proto, seq, self._spec, self._class_index, self._limits
-                    )
+                    example = self._decoder.decode(fields_from_message(msg.data, msg.headers), seq)
                 except PublicError as exc:
                     kind = "wrong_input_kind" if isinstance(exc, WrongInputKind) else "invalid"
                     await self._dead_letter(msg, exc.message, kind)

@@ -94,7 +94,7 @@ class Pipeline:
             else:
                 need_model.append(i)
         if need_model:
-            if self.model is None:  # converters reject this earlier; defensive
+            if self.model is None:  # the codec rejects this earlier; defensive
                 raise ModelFailure("no model is loaded")
             started = time.perf_counter()
             for lo in range(0, len(need_model), MODEL_CALL_ROWS):

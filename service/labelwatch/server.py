@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from labelwatch import __version__, default_model
 from labelwatch.batcher import Batcher
 from labelwatch.calibration import CalibrationArtifact, load_artifact
+from labelwatch.codec import ExampleDecoder
 from labelwatch.config import Settings
 from labelwatch.delivery import Delivery
 from labelwatch.domain import InputKind
@@ -233,12 +234,11 @@ def start(
         pipeline, max_batch=settings.max_batch, window_seconds=settings.batch_window_ms / 1000.0
     )
     servicer = LabelQualityServicer(
-        pipeline.spec,
+        ExampleDecoder(pipeline.spec, security.limits),
         batcher.score,
         info,
         max_batch=settings.max_batch,
         admission=security.admission,
-        limits=security.limits,
     )
     pb_grpc.add_LabelQualityServicer_to_server(servicer, server)
     flags_pb2_grpc.add_FlagFeedServicer_to_server(FlagFeedServicer(delivery.feed), server)

@@ -1,1 +1,1 @@
-"""gRPC glue: servicers that only translate, converters, the error -> status table."""
+"""gRPC glue: servicers that only translate (via :mod:`labelwatch.codec`), the status table."""

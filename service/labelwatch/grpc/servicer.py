@@ -10,17 +10,12 @@ from typing import NoReturn, Protocol, TypeVar
 
 import grpc
 
-from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
+from labelwatch.codec import ExampleDecoder
+from labelwatch.codec.proto import check_request_size, examples_from_request, response_from_batch
+from labelwatch.domain import LabeledExample, ScoredBatch
 from labelwatch.errors import DeadlineExpired, ErrorCode, PublicError
-from labelwatch.grpc.converters import (
-    DEFAULT_LIMITS,
-    check_request_size,
-    examples_from_request,
-    response_from_batch,
-)
 from labelwatch.grpc.status import STATUS_OF
 from labelwatch.security.admission import Admission
-from labelwatch.security.limits import ExampleLimits
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
 
@@ -62,21 +57,19 @@ class LabelQualityServicer(pb_grpc.LabelQualityServicer):
 
     def __init__(
         self,
-        spec: ModelSpec,
+        decoder: ExampleDecoder,
         score: ScoreFn,
         model_info: pb.ModelInfo,
         *,
         max_batch: int,
         admission: Admission | None = None,
-        limits: ExampleLimits = DEFAULT_LIMITS,
     ) -> None:
-        self._spec = spec
+        self._decoder = decoder
+        self._class_names = decoder.spec.class_names
         self._score_examples = score
         self._model_info = model_info
         self._max_batch = max_batch
         self._admission = admission
-        self._limits = limits
-        self._class_index = {name: i for i, name in enumerate(spec.class_names)}
 
     def _score(
         self, request: pb.ScoreRequest, context: grpc.ServicerContext, method: str
@@ -87,9 +80,7 @@ class LabelQualityServicer(pb_grpc.LabelQualityServicer):
             admission.check_deadline(context, method)
         # admit before converting: at overload, shed requests cost no conversion work
         with admission.admit(n) if admission is not None else contextlib.nullcontext():
-            examples = examples_from_request(
-                request, self._spec, self._class_index, self._max_batch, self._limits
-            )
+            examples = examples_from_request(request, self._decoder, self._max_batch)
             deadline = None
             if admission is not None:
                 admission.check_deadline(context, method)
@@ -100,7 +91,7 @@ class LabelQualityServicer(pb_grpc.LabelQualityServicer):
                 if admission is not None:
                     admission.count_expired(method)
                 raise
-            return response_from_batch(batch, self._spec.class_names, request.include_probabilities)
+            return response_from_batch(batch, self._class_names, request.include_probabilities)
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
         return _guard(context, "Score", lambda: self._score(request, context, "Score"))

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from labelwatch.codec.labelstudio import example_from_annotation
 from labelwatch.domain import LabeledExample
 
 ANNOTATION_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
@@ -144,30 +143,19 @@ def parse_event(
         choices = value.get("choices") if isinstance(value, dict) else None
         if isinstance(choices, list):
             tags.extend(str(c) for c in choices)
-    index = {name: k for k, name in enumerate(class_names)}
-    labels = np.zeros(len(class_names), dtype=np.bool_)
-    unknown: list[str] = []
-    for tag in tags:
-        if tag in index:
-            labels[index[tag]] = True
-        else:
-            unknown.append(tag)
     annotator = annotation.get("completed_by")
     if isinstance(annotator, dict):
         annotator = annotator.get("email") or annotator.get("id")
     version = str(annotation.get("updated_at") or annotation.get("created_at") or "")
-    example = LabeledExample(
-        id=f"ls-{project_id}-{task_id}-{annotation_id}",
-        labels=labels,
+    example, unknown = example_from_annotation(
+        project_id=project_id,
+        task_id=task_id,
+        annotation_id=annotation_id,
         text=text,
-        annotator_id="" if annotator is None else str(annotator),
-        metadata={
-            "source": "label-studio",
-            "ls_project": str(project_id),
-            "ls_task": str(task_id),
-            "ls_annotation": str(annotation_id),
-            "ls_annotation_version": version,
-        },
+        tags=tags,
+        annotator=annotator,
+        version=version,
+        class_names=class_names,
     )
     return AnnotationEvent(
         action=str(action),
@@ -178,6 +166,6 @@ def parse_event(
         task_data=data,
         choices_name=mapping.choices_name,
         to_name=to_name,
-        unknown_tags=tuple(unknown),
+        unknown_tags=unknown,
         example=example,
     )

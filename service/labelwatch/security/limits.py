@@ -1,7 +1,7 @@
-"""Per-example input limits, checked by the converters before any work is done.
+"""Per-example input limits, checked by the codec before any work is done.
 
 The other limits live where they act: ``--max-message-bytes`` in gRPC itself,
-``--max-batch`` in the converters, ``--max-inflight`` and ``--max-streams`` in
+``--max-batch`` in the gRPC codec, ``--max-inflight`` and ``--max-streams`` in
 :mod:`labelwatch.security.admission`, ``--max-queued-calls`` in the server.
 docs/security.md lists them all with their defaults.
 """
