@@ -71,11 +71,19 @@ if [ "$build" -eq 1 ]; then
     wheelhouse="$LABELWATCH_CONTAINER_WORK/wheelhouse"
     mkdir -p "$wheelhouse"
     log "building wheels for the server and its build backend into $wheelhouse"
-    # Build requirements (pyproject [build-system]) are needed too: the image builds labelwatch
-    # from source, in an isolated build environment that also installs with --no-index.
-    if ! "$python" -m pip wheel --disable-pip-version-check --wheel-dir "$wheelhouse" \
-        "${repo}[server]" "setuptools>=69" wheel "grpcio-tools>=1.66,<2" "mypy-protobuf>=3.6" \
-        >"$LABELWATCH_CONTAINER_WORK/pip-wheel.log" 2>&1; then
+    # Build requirements (pyproject [build-system], read from there) are needed too: the image
+    # builds labelwatch from source, in an isolated build environment that also installs with
+    # --no-index. They are resolved on their own: the pinned generator may want an older protobuf
+    # than the server runs with.
+    build_requires=()
+    while IFS= read -r requirement; do build_requires+=("$requirement"); done < <(
+        "$python" -c 'import sys, tomllib
+print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"]))' \
+            "$repo/pyproject.toml")
+    if ! { "$python" -m pip wheel --disable-pip-version-check --wheel-dir "$wheelhouse" \
+            "${repo}[server]" \
+        && "$python" -m pip wheel --disable-pip-version-check --wheel-dir "$wheelhouse" \
+            "${build_requires[@]}"; } >"$LABELWATCH_CONTAINER_WORK/pip-wheel.log" 2>&1; then
         tail -n 40 "$LABELWATCH_CONTAINER_WORK/pip-wheel.log" >&2
         exit 1
     fi
