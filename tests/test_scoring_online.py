@@ -18,8 +18,8 @@ from labelwatch.scoring import (
     fit_calibration,
     fit_thresholds,
     label_quality_scores,
+    rules,
 )
-from labelwatch.scoring import rules
 from labelwatch.scoring.online import MARGIN_RULES
 
 EXACT_RULES = (FilterBy.CONFIDENT_LEARNING, FilterBy.PREDICTED_NEQ_GIVEN)

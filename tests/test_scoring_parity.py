@@ -34,8 +34,8 @@ from labelwatch.scoring import (
     find_label_issues,
     fit_thresholds,
     label_quality_scores,
+    rules,
 )
-from labelwatch.scoring import rules
 from labelwatch.scoring.counts import calibrate_joint, round_preserving_rows
 from labelwatch.scoring.pooling import ema_tail_size
 

@@ -21,9 +21,9 @@ from labelwatch.scoring import (
     fit_calibration,
     fit_thresholds,
     label_quality_scores,
+    rules,
 )
 from labelwatch.scoring import batch as batch_module
-from labelwatch.scoring import rules
 from labelwatch.scoring import pooling as pooling_module
 from labelwatch.scoring.pooling import ema_tail_size, exponential_moving_average, softmin
 

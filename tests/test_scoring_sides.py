@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labelwatch.scoring import fit_thresholds
-from labelwatch.scoring import rules
+from labelwatch.scoring import fit_thresholds, rules
 from labelwatch.scoring.pooling import self_confidence
 from labelwatch.scoring.sides import split_sides
 
