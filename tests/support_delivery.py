@@ -45,6 +45,7 @@ import pytest
 from labelwatch.flag import Flag, FlagIssue, dedupe_key
 from labelwatch.scoring import IssueKind
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
+from support_ports import free_port
 from support_server import CLASS_NAMES, _env
 
 LS_VENV = Path(os.environ.get("LABELWATCH_LS_VENV", "/opt/labelwatch-ci/label-studio-venv"))
@@ -64,13 +65,6 @@ def missing_dependency(reason: str) -> None:
     if in_ci():
         pytest.fail(f"{reason} (CI=true: the delivery dependencies must be installed)")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,14 +42,6 @@ def require_tool(name: str, hint: str = SYSTEM_DEPS_HINT) -> str:
     if in_ci():
         pytest.fail(f"{message}; CI=true, so a missing tool is a failure")
     pytest.skip(message)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def dashboard() -> dict[str, Any]:

@@ -35,6 +35,9 @@ from servebench.servers import (  # noqa: E402
 )
 from servebench.workloads import ServedModel, float_model, make_rows, probs_model  # noqa: E402
 
+# slow: runs the benchmark's servers and clients end to end
+pytestmark = pytest.mark.slow
+
 TINY = {"d": 8, "k": 5, "n_rows": 32}
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -38,7 +37,9 @@ class Script:
     unary_failures: list[Failure] = field(default_factory=list)
     # per stream call: (responses to send before failing, failure) or None to serve all
     stream_plan: list[tuple[int, Failure] | None] = field(default_factory=list)
-    delay_seconds: float = 0.0
+    # Score holds its answer until ``release`` is set (when ``hold`` is true)
+    hold: bool = False
+    release: threading.Event = field(default_factory=threading.Event)
     calls: list[str] = field(default_factory=list)
     tokens: list[str | None] = field(default_factory=list)
     stream_requests: list[list[str]] = field(default_factory=list)
@@ -70,7 +71,8 @@ class FakeServicer(pb_grpc.LabelQualityServicer):
         failure = self._enter("Score", context)
         if failure:
             context.abort(*failure)
-        time.sleep(self.script.delay_seconds)
+        if self.script.hold:
+            self.script.release.wait(60)
         return _echo(request)
 
     def GetModelInfo(
@@ -168,11 +170,14 @@ def test_invalid_argument_is_not_retried_and_keeps_the_servers_message(
 
 def test_timeout_gives_deadline_exceeded(fake: tuple[str, Script]) -> None:
     target, script = fake
-    script.delay_seconds = 2.0
-    started = time.monotonic()
-    with client(target, timeout=0.2) as c, pytest.raises(DeadlineExceeded):
-        c.score([EXAMPLE])
-    assert time.monotonic() - started < 1.5
+    script.hold = True  # the server never answers until released
+    try:
+        with client(target, timeout=0.2) as c, pytest.raises(DeadlineExceeded):
+            c.score([EXAMPLE])
+        # the client gave up on its own deadline, while the answer was still held back
+        assert not script.release.is_set()
+    finally:
+        script.release.set()
 
 
 def test_empty_score_makes_no_call(fake: tuple[str, Script]) -> None:

@@ -253,6 +253,8 @@ def _still_serves(channel: grpc.Channel, class_names: tuple[str, ...]) -> None:
     assert len(stub.Score(request, timeout=10).results) == len(request.examples)
 
 
+# slow: long fuzzing
+@pytest.mark.slow
 @settings(FUZZ, max_examples=200)
 @given(request=requests(), extra=st.one_of(st.just(b""), unknown_fields()))
 def test_random_score_requests_end_ok_or_documented(
@@ -263,6 +265,8 @@ def test_random_score_requests_end_ok_or_documented(
     _still_serves(prob_channel, CLASS_NAMES)
 
 
+# slow: long fuzzing
+@pytest.mark.slow
 @FUZZ
 @given(request=requests(TEXT_CLASS_NAMES, text=True))
 def test_random_requests_to_a_text_model_end_ok_or_documented(
@@ -292,6 +296,8 @@ def test_random_bytes_as_any_message_end_ok_or_invalid_argument(
     _still_serves(prob_channel, CLASS_NAMES)
 
 
+# slow: long fuzzing
+@pytest.mark.slow
 @FUZZ
 @given(bodies=st.lists(st.one_of(st.binary(max_size=256), requests().map(_serialized)), max_size=4))
 def test_random_streams_end_ok_or_documented(

@@ -389,6 +389,7 @@ def test_malformed_messages_are_dead_lettered_with_their_reason_and_not_redelive
     assert [r.body["id"] for r in outputs(nats.url, RESULTS)] == ["ok-flagged-0"]
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_durable_share_the_work_without_loss_or_duplicates(
     nats: NatsServer, thresholds: Path, tmp_path: Path
 ) -> None:
@@ -408,6 +409,7 @@ def test_two_processes_on_one_durable_share_the_work_without_loss_or_duplicates(
     assert state(nats.url)["stream_messages"] == 0
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_and_acks_what_is_in_hand_and_leaves_the_rest(
     nats: NatsServer, thresholds: Path, tmp_path: Path
 ) -> None:
@@ -434,6 +436,7 @@ def test_sigterm_finishes_and_acks_what_is_in_hand_and_leaves_the_rest(
     assert sorted(r.body["id"] for r in results) == sorted(ex.id for ex in exs)
 
 
+@pytest.mark.slow
 def test_killed_consumer_loses_nothing_and_a_restart_resumes_from_the_ack_floor(
     nats: NatsServer, thresholds: Path, tmp_path: Path
 ) -> None:

@@ -45,8 +45,12 @@ from labelwatch.outbox import Outbox
 from labelwatch.server import RunningServer
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
-from support_delivery import LabelStudio, free_port, label_studio, wait_until
+from support_delivery import LabelStudio, label_studio, wait_until
+from support_ports import free_port
 from support_server import running_server, target_of
+
+# slow: a real Label Studio (first start on a fresh database 60-90 s)
+pytestmark = pytest.mark.slow
 
 SECRET = "labelwatch-test-webhook-secret-0123456789"
 ML_AUTH = {"Authorization": "Basic " + base64.b64encode(f"labelwatch:{SECRET}".encode()).decode()}

@@ -22,6 +22,7 @@ from labelwatch.calibration import load_artifact
 from labelwatch.scoring import FilterBy, decide
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
+from support_ports import free_port
 from support_server import (
     CLASS_NAMES,
     random_calibration,
@@ -29,7 +30,10 @@ from support_server import (
     target_of,
     write_artifact,
 )
-from support_tools import REPO, alert_exprs, dashboard_exprs, free_port, require_tool
+from support_tools import REPO, alert_exprs, dashboard_exprs, require_tool
+
+# slow: promtool and a real Prometheus server
+pytestmark = pytest.mark.slow
 
 T = TypeVar("T")
 DEADLINE_SECONDS = 60.0

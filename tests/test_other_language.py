@@ -12,6 +12,9 @@ import pytest
 
 from support_server import server_process
 
+# slow: npm install and a Node.js client
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "node"
 

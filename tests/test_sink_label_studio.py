@@ -21,6 +21,9 @@ from labelwatch.sinks.base import RetryPolicy, SinkWorker
 from labelwatch.sinks.label_studio import LabelStudioSink, config_choices, label_config
 from support_delivery import LabelStudio, label_studio, make_flag, wait_until
 
+# slow: a real Label Studio (first start on a fresh database 60-90 s)
+pytestmark = pytest.mark.slow
+
 CLASSES = ("cat", "dog", "bird & fish", 'say "hi"')
 FAST = RetryPolicy(max_attempts=5, initial_seconds=0.1, max_seconds=1.0)
 

@@ -21,12 +21,14 @@ from typing import Any
 
 import grpc
 import numpy as np
+import pytest
 import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
+from support_ports import free_port
 from support_server import (
     CLASS_NAMES,
     random_calibration,
@@ -35,7 +37,7 @@ from support_server import (
     target_of,
     write_artifact,
 )
-from support_tools import REPO, free_port, require_tool
+from support_tools import REPO, require_tool
 
 Series = tuple[str, tuple[tuple[str, str], ...]]
 """A sample's name and its sorted labels."""
@@ -204,6 +206,8 @@ def _query(url: str, expr: str) -> list[dict[str, Any]]:
     return result
 
 
+# slow: a real Prometheus
+@pytest.mark.slow
 def test_prometheus_with_the_shipped_workers_config_sums_every_worker(tmp_path: Path) -> None:
     """deploy/prometheus/prometheus-workers.yml, ports moved to free ones, over --workers 2."""
     binary = require_tool("prometheus")
