@@ -33,8 +33,7 @@ from labelwatch.flag import Flag, flags_from_batch
 from labelwatch.ingest import ConsumeOptions, StreamConsumer
 from labelwatch.ingest_app import READY_LINE
 from labelwatch.ingest_messages import PROTOBUF_CONTENT_TYPE
-from labelwatch.ingest_metrics import IngestMetrics
-from labelwatch.metrics import Metrics
+from labelwatch.metrics import IngestMetrics, Metrics
 from labelwatch.outbox import Outbox
 from labelwatch.server import load_pipeline
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb

@@ -34,13 +34,13 @@ import support_delivery
 from labelwatch.cli import main
 from labelwatch.errors import StartupError
 from labelwatch.labelstudio import http as ls_http
-from labelwatch.labelstudio import metrics as ls_metrics
 from labelwatch.labelstudio import writeback as ls_writeback
 from labelwatch.labelstudio.client import LabelStudioClient
 from labelwatch.labelstudio.http import SECRET_HEADER
 from labelwatch.labelstudio.webhook import ProjectMapping, load_mappings, parse_event
 from labelwatch.labelstudio.writeback import TaskWriter
 from labelwatch.labelstudio.writequeue import WriteBack, WriteBackQueue
+from labelwatch.metrics import label_studio as ls_metrics
 from labelwatch.outbox import Outbox
 from labelwatch.server import RunningServer
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb

@@ -21,8 +21,8 @@ from labelwatch.codec import ExampleDecoder
 from labelwatch.codec.proto import examples_from_request
 from labelwatch.domain import InputKind, ModelSpec
 from labelwatch.errors import Overloaded
+from labelwatch.metrics import SecurityMetrics
 from labelwatch.security.admission import Admission
-from labelwatch.security.metrics import SecurityMetrics
 from labelwatch.server import RunningServer
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc

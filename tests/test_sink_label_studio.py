@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from labelwatch.delivery_metrics import DeliveryMetrics
+from labelwatch.metrics import DeliveryMetrics
 from labelwatch.outbox import Outbox
 from labelwatch.sinks.base import RetryPolicy, SinkWorker
 from labelwatch.sinks.label_studio import LabelStudioSink, config_choices, label_config

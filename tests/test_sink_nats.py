@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from labelwatch.delivery_metrics import DeliveryMetrics
+from labelwatch.metrics import DeliveryMetrics
 from labelwatch.outbox import Outbox
 from labelwatch.sinks.base import RetryPolicy, SinkWorker
 from labelwatch.sinks.nats import NatsSink

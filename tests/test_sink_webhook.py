@@ -11,7 +11,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from labelwatch.delivery_metrics import DeliveryMetrics
+from labelwatch.metrics import DeliveryMetrics
 from labelwatch.outbox import Outbox
 from labelwatch.sinks.base import RetryPolicy, SinkWorker
 from labelwatch.sinks.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSink, verify

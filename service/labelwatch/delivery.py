@@ -22,8 +22,8 @@ from typing import IO, Literal
 from prometheus_client import CollectorRegistry
 
 from labelwatch.config import Settings
-from labelwatch.delivery_metrics import DeliveryMetrics
 from labelwatch.errors import StartupError
+from labelwatch.metrics import DeliveryMetrics
 from labelwatch.outbox import Outbox, OutboxError
 from labelwatch.retention import RetentionPolicy, prune
 from labelwatch.sinks.base import RetryPolicy, Sink, SinkWorker

@@ -55,7 +55,7 @@ from labelwatch.config import mask_url
 from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import ErrorCode, PublicError, WrongInputKind
 from labelwatch.ingest_messages import dead_letter_json, fields_from_message, result_json
-from labelwatch.ingest_metrics import IngestMetrics
+from labelwatch.metrics import IngestMetrics
 from labelwatch.security.limits import ExampleLimits
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 

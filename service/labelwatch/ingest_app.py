@@ -13,8 +13,7 @@ from labelwatch.config import Settings
 from labelwatch.delivery import Delivery
 from labelwatch.errors import StartupError
 from labelwatch.ingest import ConsumeOptions, StreamConsumer, log
-from labelwatch.ingest_metrics import IngestMetrics
-from labelwatch.metrics import Metrics
+from labelwatch.metrics import IngestMetrics, Metrics
 from labelwatch.security.limits import ExampleLimits
 from labelwatch.server import load_pipeline, with_default_model
 

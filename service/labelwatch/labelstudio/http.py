@@ -31,7 +31,6 @@ from labelwatch.delivery import read_secret
 from labelwatch.domain import LabeledExample, ScoredBatch
 from labelwatch.errors import StartupError
 from labelwatch.labelstudio.client import LabelStudioClient
-from labelwatch.labelstudio.metrics import LabelStudioMetrics
 from labelwatch.labelstudio.ml_backend import MlBackend
 from labelwatch.labelstudio.processor import AnnotationProcessor
 from labelwatch.labelstudio.webhook import (
@@ -43,6 +42,7 @@ from labelwatch.labelstudio.webhook import (
 )
 from labelwatch.labelstudio.writeback import TaskWriter
 from labelwatch.labelstudio.writequeue import WriteBackQueue, WriteBackWorker
+from labelwatch.metrics import LabelStudioMetrics
 from labelwatch.pipeline import Pipeline
 from labelwatch.sinks.base import RetryPolicy
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 
 from labelwatch.errors import DeadlineExpired, Overloaded
-from labelwatch.security.metrics import SecurityMetrics
+from labelwatch.metrics import SecurityMetrics
 
 log = logging.getLogger(__name__)
 

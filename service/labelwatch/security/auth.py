@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-from labelwatch.security.metrics import SecurityMetrics
+from labelwatch.metrics import SecurityMetrics
 from labelwatch.security.tokens import Role, TokenEntry, TokenStore
 
 log = logging.getLogger(__name__)

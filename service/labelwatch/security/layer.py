@@ -10,11 +10,11 @@ from prometheus_client import CollectorRegistry
 
 from labelwatch.config import Settings
 from labelwatch.errors import StartupError
+from labelwatch.metrics import SecurityMetrics
 from labelwatch.security.admission import Admission, StreamLimitInterceptor
 from labelwatch.security.auth import AuthInterceptor
 from labelwatch.security.decoding import DecodeGuardInterceptor
 from labelwatch.security.limits import ExampleLimits
-from labelwatch.security.metrics import SecurityMetrics
 from labelwatch.security.tls import server_credentials, tls_files, warn_if_exposed
 from labelwatch.security.tokens import TokenFileError, TokenStore, load_tokens
 

@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from labelwatch.delivery_metrics import DeliveryMetrics
 from labelwatch.flag import Flag
+from labelwatch.metrics import DeliveryMetrics
 from labelwatch.outbox import Outbox, OutboxError
 
 log = logging.getLogger(__name__)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from labelwatch.labelstudio.writequeue import WriteBackQueue
 from labelwatch.outbox import OutboxError
 
 PATHS = ("/webhook", "/predict", "/setup", "/health", "/", "/webhook-test")
@@ -21,6 +21,14 @@ ANNOTATION_OUTCOMES = ("scored", "failed")
 WRITEBACK_OUTCOMES = ("written", "retry", "dropped")
 
 _SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class WriteBackBacklog(Protocol):
+    """What :meth:`LabelStudioMetrics.track_writebacks` reads (the durable write-back queue)."""
+
+    def pending(self) -> tuple[int, float | None]:
+        """(writes waiting, unix seconds the oldest was queued, or None when empty)."""
+        ...
 
 
 def path_label(path: str) -> str:
@@ -108,14 +116,16 @@ class LabelStudioMetrics:
         self.queue_depth.set_function(lambda: float(depth()))
 
     def track_writebacks(
-        self, queue: WriteBackQueue, *, clock: Callable[[], float] = time.time
+        self, queue: WriteBackBacklog, *, clock: Callable[[], float] = time.time
     ) -> None:
         """Export the durable write-back queue's backlog, read at scrape time."""
         self.registry.register(_WriteBackCollector(queue, clock))
 
 
 class _WriteBackCollector:
-    def __init__(self, queue: WriteBackQueue, clock: Callable[[], float]) -> None:
+    """Reads the write-back queue's backlog when scraped."""
+
+    def __init__(self, queue: WriteBackBacklog, clock: Callable[[], float]) -> None:
         self._queue = queue
         self._clock = clock
 

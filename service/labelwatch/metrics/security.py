@@ -1,8 +1,8 @@
 """The metrics of the security layer: shed load, expired deadlines, refused credentials.
 
-Defined once, on the injected registry (the same one :class:`labelwatch.metrics.Metrics`
-uses). Every label value is created up front, so a dashboard sees a 0, not a gap.
-Token text never reaches a label: failures are labelled by reason only.
+On the injected registry (the same one :class:`labelwatch.metrics.Metrics` uses).
+Every label value is created up front, so a dashboard sees a 0, not a gap. Token
+text never reaches a label: failures are labelled by reason only.
 """
 
 from __future__ import annotations
