@@ -8,8 +8,10 @@ bug of any other kind (a plain exception from the scoring step) in a servicer se
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import pkgutil
 import signal
 from collections.abc import Iterator, Sequence
 from concurrent import futures
@@ -21,9 +23,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import labelwatch
 from labelwatch.codec import ExampleDecoder
 from labelwatch.domain import InputKind, LabeledExample, ModelSpec, ScoredBatch
+from labelwatch.errors import ErrorCode, PublicError
 from labelwatch.grpc.servicer import LabelQualityServicer
+from labelwatch.grpc.status import STATUS_OF
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
 from support_server import CLASS_NAMES, server_process, write_artifact
@@ -139,3 +144,24 @@ def test_unexpected_exception_is_generic_internal_with_one_log_line(
     assert f"method={method}" in events[0].getMessage()
     assert events[0].levelno == logging.ERROR
     assert events[0].exc_info is not None and isinstance(events[0].exc_info[1], KeyError)
+
+
+def test_every_error_code_maps_to_the_grpc_status_of_the_same_name() -> None:
+    assert set(STATUS_OF) == set(ErrorCode)
+    for code in ErrorCode:
+        assert STATUS_OF[code].name == code.value
+
+
+def test_every_public_error_is_declared_in_the_errors_module() -> None:
+    """The status a failure gets is decided in one module: no PublicError subclass elsewhere."""
+    for info in pkgutil.walk_packages(labelwatch.__path__, "labelwatch."):
+        importlib.import_module(info.name)
+    declared: list[type[PublicError]] = []
+    pending: list[type[PublicError]] = [PublicError]
+    while pending:
+        cls = pending.pop()
+        declared.append(cls)
+        pending.extend(cls.__subclasses__())
+    assert {cls.__module__ for cls in declared} == {"labelwatch.errors"}
+    for cls in declared:
+        assert cls.code in STATUS_OF

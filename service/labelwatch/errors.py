@@ -1,9 +1,12 @@
 """The public error surface: every failure a caller may see, transport-agnostic.
 
 Internal code raises a :class:`PublicError` subclass (``raise ... from exc``);
-the gRPC layer maps :class:`ErrorCode` to a status in one table
-(:mod:`labelwatch.grpc.status`). Messages are written for the caller: they
-name the example id and the field, and never contain secrets.
+the class's :attr:`~PublicError.code` is the one decision of how the failure is
+reported, made here and nowhere else. The gRPC layer turns :class:`ErrorCode`
+into a status with one table and ends the call with one public helper
+(:func:`labelwatch.grpc.status.abort`); other transports (NATS, the Label Studio
+HTTP port) read the same codes. Messages are written for the caller: they name
+the example id and the field, and never contain secrets.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ class ErrorCode(enum.Enum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNAVAILABLE = "UNAVAILABLE"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
     INTERNAL = "INTERNAL"
 
 
@@ -70,6 +75,54 @@ class DeadlineExpired(PublicError):
 
 class OutboxUnavailable(PublicError):
     """The flag outbox cannot be written: answering would lose the flags."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
+class MalformedRequest(PublicError):
+    """The request body does not parse as the message the method takes."""
+
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+class Unauthenticated(PublicError):
+    """No credentials, malformed ones, or a token the server does not accept."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class PermissionDenied(PublicError):
+    """A valid token without the role the method needs."""
+
+    code = ErrorCode.PERMISSION_DENIED
+
+
+class InvalidWatch(PublicError):
+    """A WatchFlags/AckFlags field is malformed; the message names the field."""
+
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+class Superseded(PublicError):
+    """A newer WatchFlags stream for the same consumer took over."""
+
+    code = ErrorCode.FAILED_PRECONDITION
+
+
+class TooManyStreams(PublicError):
+    """More WatchFlags streams than the server keeps open (each holds a gRPC thread)."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+
+class ConsumerNotFound(PublicError):
+    """AckFlags for a consumer that never watched."""
+
+    code = ErrorCode.FAILED_PRECONDITION
+
+
+class FeedUnavailable(PublicError):
+    """The flag outbox cannot be read or written right now (watch consumers)."""
 
     code = ErrorCode.UNAVAILABLE
 

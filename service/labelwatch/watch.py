@@ -19,7 +19,13 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
-from labelwatch.errors import ErrorCode, PublicError
+from labelwatch.errors import (
+    ConsumerNotFound,
+    FeedUnavailable,
+    InvalidWatch,
+    Superseded,
+    TooManyStreams,
+)
 from labelwatch.flag import Flag
 from labelwatch.outbox import AckResult, Outbox, OutboxError, UnknownConsumer
 from labelwatch.scoring import IssueKind
@@ -27,36 +33,6 @@ from labelwatch.scoring import IssueKind
 CONSUMER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 DEFAULT_MAX_IN_FLIGHT = 1000
 _SCAN_BATCH = 256
-
-
-class InvalidWatch(PublicError):
-    """A WatchFlags/AckFlags field is malformed; the message names the field."""
-
-    code = ErrorCode.INVALID_ARGUMENT
-
-
-class Superseded(PublicError):
-    """A newer stream for the same consumer took over."""
-
-    code = ErrorCode.FAILED_PRECONDITION
-
-
-class TooManyStreams(PublicError):
-    """More WatchFlags streams than the server keeps open (each holds a gRPC thread)."""
-
-    code = ErrorCode.RESOURCE_EXHAUSTED
-
-
-class ConsumerNotFound(PublicError):
-    """AckFlags for a consumer that never watched."""
-
-    code = ErrorCode.FAILED_PRECONDITION
-
-
-class FeedUnavailable(PublicError):
-    """The outbox cannot be read or written right now."""
-
-    code = ErrorCode.UNAVAILABLE
 
 
 @dataclass(frozen=True)

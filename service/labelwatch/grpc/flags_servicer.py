@@ -7,10 +7,11 @@ from collections.abc import Iterator
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from labelwatch.errors import InvalidWatch
 from labelwatch.flag import Flag
-from labelwatch.grpc.servicer import _abort
+from labelwatch.grpc.status import abort
 from labelwatch.scoring import IssueKind
-from labelwatch.watch import FlagFeed, InvalidWatch, StartAt, WatchFilter
+from labelwatch.watch import FlagFeed, StartAt, WatchFilter
 from labelwatch_proto.labelwatch.v1 import flags_pb2 as fpb
 from labelwatch_proto.labelwatch.v1 import flags_pb2_grpc as fpb_grpc
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
@@ -100,7 +101,7 @@ class FlagFeedServicer(fpb_grpc.FlagFeedServicer):
             for delivery in stream:
                 yield flag_to_proto(delivery.flag, redelivered=delivery.redelivered)
         except Exception as exc:  # one place maps every failure to a status
-            _abort(context, "WatchFlags", exc)
+            abort(context, "WatchFlags", exc)
 
     def AckFlags(
         self, request: fpb.AckFlagsRequest, context: grpc.ServicerContext
@@ -110,7 +111,7 @@ class FlagFeedServicer(fpb_grpc.FlagFeedServicer):
                 request.consumer, up_to=request.up_to, flag_ids=list(request.flag_ids)
             )
         except Exception as exc:  # one place maps every failure to a status
-            _abort(context, "AckFlags", exc)
+            abort(context, "AckFlags", exc)
         return fpb.AckFlagsResponse(
             cursor=result.cursor, unknown_flag_ids=list(result.unknown_flag_ids)
         )

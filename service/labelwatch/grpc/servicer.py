@@ -1,43 +1,22 @@
-"""The LabelQuality servicer: translate protobuf <-> domain, map errors to statuses."""
+"""The LabelQuality servicer: translate protobuf <-> domain; failures end through :func:`guard`."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import logging
-from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn, Protocol, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import grpc
 
 from labelwatch.codec import ExampleDecoder
 from labelwatch.codec.proto import check_request_size, examples_from_request, response_from_batch
 from labelwatch.domain import LabeledExample, ScoredBatch
-from labelwatch.errors import DeadlineExpired, ErrorCode, PublicError
-from labelwatch.grpc.status import STATUS_OF
+from labelwatch.errors import DeadlineExpired
+from labelwatch.grpc.status import guard
 from labelwatch.security.admission import Admission
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> NoReturn:
-    if isinstance(exc, PublicError):
-        if exc.code is ErrorCode.INTERNAL:
-            # e.g. ModelFailure: the caller gets its short message, the operator the cause
-            log.error("event=internal_error method=%s error=%s", method, exc.message, exc_info=exc)
-        context.abort(STATUS_OF[exc.code], exc.message)
-    log.exception("event=internal_error method=%s", method)
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
-
-
-def _guard(context: grpc.ServicerContext, method: str, work: Callable[[], T]) -> T:
-    try:
-        return work()
-    except Exception as exc:  # one place maps every failure to a status
-        _abort(context, method, exc)
 
 
 class ScoreFn(Protocol):
@@ -94,7 +73,7 @@ class LabelQualityServicer(pb_grpc.LabelQualityServicer):
             return response_from_batch(batch, self._class_names, request.include_probabilities)
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
-        return _guard(context, "Score", lambda: self._score(request, context, "Score"))
+        return guard(context, "Score", lambda: self._score(request, context, "Score"))
 
     def ScoreStream(
         self, request_iterator: Iterator[pb.ScoreRequest], context: grpc.ServicerContext
@@ -102,7 +81,7 @@ class LabelQualityServicer(pb_grpc.LabelQualityServicer):
         # gRPC flow control bounds memory: we pull the next request only after
         # the previous response was handed to the transport.
         for request in request_iterator:
-            yield _guard(
+            yield guard(
                 context,
                 "ScoreStream",
                 functools.partial(self._score, request, context, "ScoreStream"),

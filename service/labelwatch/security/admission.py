@@ -1,6 +1,7 @@
 """Admission control: shed load at once instead of queueing it, and drop expired work.
 
-Three bounds, each refusing with RESOURCE_EXHAUSTED right away:
+Three bounds, each refusing right away with :class:`~labelwatch.errors.Overloaded`
+(RESOURCE_EXHAUSTED):
 
 - :class:`Admission` counts *examples* in flight (admitted, not yet answered)
   at the servicer; a request that would take the count past ``--max-inflight``
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 
 from labelwatch.errors import DeadlineExpired, Overloaded
+from labelwatch.grpc.status import abort
 from labelwatch.metrics import SecurityMetrics
 
 log = logging.getLogger(__name__)
@@ -126,10 +128,13 @@ class StreamLimitInterceptor(grpc.ServerInterceptor):
                 self._metrics.open_streams.set(self._open)
                 return
         self._metrics.requests_shed.labels("streams").inc()
-        context.abort(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"{method}: the server already has {self.max_streams} streams open "
-            "(--max-streams); retry later or use unary calls",
+        abort(
+            context,
+            method,
+            Overloaded(
+                f"{method}: the server already has {self.max_streams} streams open "
+                "(--max-streams); retry later or use unary calls"
+            ),
         )
 
     def _release(self) -> None:

@@ -7,7 +7,9 @@ so a new service is closed until someone opens it). Health and reflection stay
 open, so probes and stock tools work without a token.
 
 No token, or one that is not ``Bearer <token>`` or matches no entry:
-UNAUTHENTICATED. A valid token without the role: PERMISSION_DENIED. The
+:class:`~labelwatch.errors.Unauthenticated` (UNAUTHENTICATED). A valid token
+without the role: :class:`~labelwatch.errors.PermissionDenied`
+(PERMISSION_DENIED). The
 presented token never reaches a log line, a metric or an error message; logs
 name the matching entry's ``name`` only.
 """
@@ -21,6 +23,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
+from labelwatch.errors import PermissionDenied, Unauthenticated
+from labelwatch.grpc.status import abort, status_code
 from labelwatch.metrics import SecurityMetrics
 from labelwatch.security.tokens import Role, TokenEntry, TokenStore
 
@@ -57,16 +61,25 @@ def required_role(method: str) -> Role | None:
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome of :func:`authorize`: the entry if allowed, else a status to end the call."""
+    """The outcome of :func:`authorize`: the entry if allowed, else the error to end the call."""
 
     entry: TokenEntry | None
-    code: grpc.StatusCode = grpc.StatusCode.OK
-    message: str = ""
+    error: Unauthenticated | PermissionDenied | None = None
     reason: str = ""  # a label value of labelwatch_auth_failures_total
 
     @property
     def allowed(self) -> bool:
-        return self.code == grpc.StatusCode.OK
+        return self.error is None
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        """The status the call ends with (OK when allowed)."""
+        return grpc.StatusCode.OK if self.error is None else status_code(self.error)
+
+    @property
+    def message(self) -> str:
+        """What the caller is told ("" when allowed)."""
+        return "" if self.error is None else self.error.message
 
 
 def _bearer(metadata: Sequence[tuple[str, str | bytes]]) -> tuple[str | None, str]:
@@ -96,35 +109,36 @@ def authorize(
             message = f"missing credentials: {_HOW}"
         else:
             message = f"malformed credentials: expected exactly one 'Bearer <token>'; {_HOW}"
-        return Decision(None, grpc.StatusCode.UNAUTHENTICATED, message, reason)
+        return Decision(None, Unauthenticated(message), reason)
     entry = store.verify(token)
     if entry is None:
         return Decision(
             None,
-            grpc.StatusCode.UNAUTHENTICATED,
-            "invalid bearer token: it matches no token this server accepts",
+            Unauthenticated("invalid bearer token: it matches no token this server accepts"),
             "invalid",
         )
     if not entry.allows(role):
         held = ", ".join(sorted(r.value for r in entry.roles))
         return Decision(
             entry,
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"token {entry.name!r} (roles: {held}) lacks role {role.value!r}, which {method} needs",
+            PermissionDenied(
+                f"token {entry.name!r} (roles: {held}) lacks role {role.value!r}, "
+                f"which {method} needs"
+            ),
             "forbidden",
         )
     return Decision(entry)
 
 
-def _refusing(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
-    """A handler of the same kind as ``handler`` that ends the call with ``code``.
+def _refusing(handler: Handler, method: str, error: Exception) -> Handler:
+    """A handler of the same kind as ``handler`` that ends the call with ``error``.
 
     The request is not deserialized: nothing of an unauthenticated caller's
     message is parsed.
     """
 
     def refuse(_request: object, context: grpc.ServicerContext) -> Any:
-        context.abort(code, message)
+        abort(context, method, error)
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(refuse)
@@ -165,4 +179,5 @@ class AuthInterceptor(grpc.ServerInterceptor):
             decision.reason,
             decision.entry.name if decision.entry else "-",
         )
-        return _refusing(handler, decision.code, decision.message)
+        assert decision.error is not None
+        return _refusing(handler, method, decision.error)

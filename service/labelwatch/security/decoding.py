@@ -5,7 +5,8 @@ deserializing request!") before any handler or interceptor sees the call, so
 monitoring would count a caller's garbage as a server fault, and
 ``grpc_server_handled_total`` would not count it at all. This interceptor
 wraps each method's deserializer: a message that fails to parse becomes a
-marker, and the call ends with INVALID_ARGUMENT naming the expected message type.
+marker, and the call ends with :class:`~labelwatch.errors.MalformedRequest`
+(INVALID_ARGUMENT) naming the expected message type.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
+
+from labelwatch.errors import MalformedRequest
+from labelwatch.grpc.status import abort
 
 if TYPE_CHECKING:
     Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
@@ -48,10 +52,13 @@ def _guarded(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 def _refuse(context: grpc.ServicerContext, bad: _Undecodable) -> None:
-    context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        f"the request body is not a valid {bad.type_name} ({bad.error}); "
-        "send a message serialized from the published labelwatch .proto files",
+    abort(
+        context,
+        bad.type_name,
+        MalformedRequest(
+            f"the request body is not a valid {bad.type_name} ({bad.error}); "
+            "send a message serialized from the published labelwatch .proto files"
+        ),
     )
 
 
