@@ -12,8 +12,7 @@ import pytest
 
 from labelwatch.domain import LabeledExample, ScoredBatch
 from labelwatch.flag import Flag, FlagIssue, dedupe_key, flags_from_batch
-from labelwatch.outbox import Outbox, OutboxError, UnknownConsumer
-from labelwatch.retention import RetentionPolicy, counters, prune, size_bytes
+from labelwatch.outbox import Outbox, OutboxError, RetentionPolicy, UnknownConsumer
 from labelwatch.scoring import IssueKind
 from support_delivery import make_flag
 
@@ -208,21 +207,21 @@ def test_retention_by_age_prunes_old_flags_and_counts_the_unsent(tmp_path: Path)
     outbox.write([make_flag(i, at=9000.0) for i in range(6, 8)])
     outbox.ensure_consumer("sink", "nats")
     outbox.delivered("nats", outbox.next_for_sink("nats", 2)[0])  # ex-0, ex-1 sent
-    result = prune(outbox, RetentionPolicy(max_age_seconds=5000.0, max_bytes=0))
+    result = outbox.prune(RetentionPolicy(max_age_seconds=5000.0, max_bytes=0))
     assert (result.pruned, result.unsent) == (6, 4)
     assert [f.example_id for f in outbox.flags()] == ["ex-6", "ex-7"]
     assert [f.example_id for f in outbox.next_for_sink("nats", 10)[0]] == ["ex-6", "ex-7"]
-    assert counters(outbox) == {"pruned_total": 6, "pruned_unsent_total": 4}
-    assert prune(outbox, RetentionPolicy(max_age_seconds=5000.0, max_bytes=0)).pruned == 0
+    assert outbox.counters() == {"pruned_total": 6, "pruned_unsent_total": 4}
+    assert outbox.prune(RetentionPolicy(max_age_seconds=5000.0, max_bytes=0)).pruned == 0
 
 
 def test_retention_by_size_keeps_the_newest_flags_under_the_limit(outbox: Outbox) -> None:
     for start in range(0, 3000, 500):
         outbox.write([make_flag(i) for i in range(start, start + 500)])
-    limit = size_bytes(outbox) // 2
-    result = prune(outbox, RetentionPolicy(max_age_seconds=0, max_bytes=limit))
+    limit = outbox.size_bytes() // 2
+    result = outbox.prune(RetentionPolicy(max_age_seconds=0, max_bytes=limit))
     assert result.pruned > 0 and result.unsent == 0  # no consumer: nothing was owed
-    assert size_bytes(outbox) <= limit
+    assert outbox.size_bytes() <= limit
     assert outbox.flags(limit=1)[0].example_id == f"ex-{result.pruned}"
     assert outbox.flags(after=outbox.last_position() - 1)[0].example_id == "ex-2999"
 

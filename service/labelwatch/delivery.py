@@ -24,8 +24,7 @@ from prometheus_client import CollectorRegistry
 from labelwatch.config import Settings
 from labelwatch.errors import StartupError
 from labelwatch.metrics import DeliveryMetrics
-from labelwatch.outbox import Outbox, OutboxError
-from labelwatch.retention import RetentionPolicy, prune
+from labelwatch.outbox import Outbox, OutboxError, RetentionPolicy
 from labelwatch.sinks.base import RetryPolicy, Sink, SinkWorker
 from labelwatch.watch import FlagFeed
 
@@ -239,7 +238,7 @@ class Delivery:
     def prune(self) -> None:
         """Apply retention now and count what it removed."""
         try:
-            result = prune(self.outbox, self.retention)
+            result = self.outbox.prune(self.retention)
         except OutboxError as exc:
             log.error("event=outbox_prune_failed error=%r", str(exc))
             return

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from labelwatch import retention
 from labelwatch.flag import Flag
 from labelwatch.outbox import ConsumerKind, Outbox, OutboxError
 
@@ -172,10 +171,10 @@ def _run(action: Callable[[Outbox, argparse.Namespace], int], args: argparse.Nam
 
 
 def _do_status(outbox: Outbox, args: argparse.Namespace) -> int:
-    counters = retention.counters(outbox)
+    counters = outbox.counters()
     print(f"outbox       {outbox.path}")
     print(f"flags        {outbox.count()} stored, last position {outbox.last_position()}")
-    print(f"size         {retention.size_bytes(outbox) / 1024 / 1024:.1f} MiB in use")
+    print(f"size         {outbox.size_bytes() / 1024 / 1024:.1f} MiB in use")
     print(
         f"pruned       {counters.get('pruned_total', 0)} "
         f"({counters.get('pruned_unsent_total', 0)} before every consumer had them)"

@@ -1,14 +1,9 @@
 """Durable write-back queue: scored annotations waiting to be written to Label Studio.
 
-The queue is one table, ``ls_writebacks``, in the flag outbox's SQLite file (so it
-shares its WAL, durability setting and lock), and survives a restart of labelwatch:
-
-``ls_writebacks``
-    ``key`` = ``<task>:<annotation>`` (a newer version of an annotation replaces the
-    write still waiting for an older one), ``version`` (the annotation's
-    ``updated_at``), the :class:`WriteBack` as JSON, ``created_at``, ``attempts``
-    (failed tries so far), ``due_at`` (unix seconds; a claimed row is leased by
-    moving it into the future) and the last ``error``.
+:class:`WriteBackQueue` stores each :class:`WriteBack` in the outbox's write-back
+table (:mod:`labelwatch.outbox.writeback`: same file, WAL and lock as the flags;
+survives a restart of labelwatch), one pending write per annotation: a newer
+version of an annotation replaces the write still waiting for an older one.
 
 :class:`WriteBackWorker` drains it (see its docstring). Several processes
 (``--workers``) may drain the same table: a row is claimed in a transaction, so
@@ -30,19 +25,6 @@ from labelwatch.outbox import Outbox, OutboxError
 from labelwatch.sinks.base import RetryPolicy
 
 log = logging.getLogger(__name__)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS ls_writebacks (
-    key TEXT PRIMARY KEY,
-    version TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    due_at REAL NOT NULL,
-    error TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS ls_writebacks_due ON ls_writebacks (due_at);
-"""
 
 LEASE_SECONDS = 120.0
 """How long a claimed write stays invisible to other drainers (a crashed one's rows return)."""
@@ -91,14 +73,13 @@ class Claimed:
 
 
 class WriteBackQueue:
-    """The ``ls_writebacks`` table of ``outbox`` (created on first use).
+    """The write-back queue of ``outbox``, in :class:`WriteBack` values.
 
     Every method raises :class:`OutboxError` when the file cannot be read or written.
     """
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
-        self._ready = False
         self.listeners: list[Callable[[], None]] = []
         """Called after :meth:`put` stored a write (wakes the worker)."""
 
@@ -106,89 +87,36 @@ class WriteBackQueue:
         """Now, in unix seconds (the outbox's clock)."""
         return self._outbox.clock()
 
-    def _ensure(self) -> None:
-        if self._ready:
-            return
-        with self._outbox.transaction() as conn:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-        self._ready = True
-
     def put(self, write: WriteBack) -> None:
         """Store ``write``, replacing a waiting write of an older version of the annotation."""
-        self._ensure()
-        now = self._outbox.clock()
-        with self._outbox.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO ls_writebacks "
-                "(key, version, payload, created_at, attempts, due_at, error) "
-                "VALUES (?, ?, ?, ?, 0, ?, '')",
-                (write.key, write.version, write.to_json(), now, now),
-            )
+        self._outbox.put_writeback(write.key, write.version, write.to_json())
         for callback in list(self.listeners):
             callback()
 
     def claim(self, limit: int, *, lease_seconds: float = LEASE_SECONDS) -> list[Claimed]:
         """Up to ``limit`` due writes, oldest due first, leased for ``lease_seconds``."""
-        self._ensure()
-        now = self._outbox.clock()
-        with self._outbox.transaction() as conn:
-            rows = conn.execute(
-                "SELECT key, payload, attempts FROM ls_writebacks WHERE due_at <= ? "
-                "ORDER BY due_at LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            conn.executemany(
-                "UPDATE ls_writebacks SET due_at = ? WHERE key = ?",
-                [(now + lease_seconds, key) for key, _, _ in rows],
-            )
-        return [Claimed(WriteBack.from_json(payload), int(n)) for _, payload, n in rows]
+        rows = self._outbox.claim_writebacks(limit, lease_seconds=lease_seconds)
+        return [Claimed(WriteBack.from_json(row.payload), row.attempts) for row in rows]
 
     def done(self, write: WriteBack) -> None:
         """Remove ``write`` (kept if a newer version of the annotation replaced it meanwhile)."""
-        self._ensure()
-        with self._outbox.transaction() as conn:
-            conn.execute(
-                "DELETE FROM ls_writebacks WHERE key = ? AND version = ?",
-                (write.key, write.version),
-            )
+        self._outbox.finish_writeback(write.key, write.version)
 
     def retry_at(self, write: WriteBack, due_at: float, error: str) -> None:
         """Count a failed try of ``write`` and make it due again at ``due_at`` (unix seconds)."""
-        self._ensure()
-        with self._outbox.transaction() as conn:
-            conn.execute(
-                "UPDATE ls_writebacks SET attempts = attempts + 1, due_at = ?, error = ? "
-                "WHERE key = ? AND version = ?",
-                (due_at, error[:2000], write.key, write.version),
-            )
+        self._outbox.retry_writeback(write.key, write.version, due_at=due_at, error=error)
 
     def release(self, writes: Sequence[WriteBack]) -> None:
         """Make claimed but unattempted ``writes`` due again now (no attempt counted)."""
-        self._ensure()
-        now = self._outbox.clock()
-        with self._outbox.transaction() as conn:
-            conn.executemany(
-                "UPDATE ls_writebacks SET due_at = ? WHERE key = ? AND version = ?",
-                [(now, w.key, w.version) for w in writes],
-            )
+        self._outbox.release_writebacks([(w.key, w.version) for w in writes])
 
     def pending(self) -> tuple[int, float | None]:
         """(writes waiting, created_at of the oldest one or None)."""
-        self._ensure()
-        with self._outbox.reading() as conn:
-            count, oldest = conn.execute(
-                "SELECT COUNT(*), MIN(created_at) FROM ls_writebacks"
-            ).fetchone()
-        return int(count), None if oldest is None else float(oldest)
+        return self._outbox.writeback_backlog()
 
     def next_due_in(self) -> float | None:
         """Seconds until the next write is due (0 if one is due now), None when empty."""
-        self._ensure()
-        with self._outbox.reading() as conn:
-            (due,) = conn.execute("SELECT MIN(due_at) FROM ls_writebacks").fetchone()
-        return None if due is None else max(0.0, float(due) - self._outbox.clock())
+        return self._outbox.next_writeback_due_in()
 
 
 def _permanent(exc: LabelStudioError) -> bool:

@@ -1,0 +1,161 @@
+"""The outbox's one schema version and the migrations that reach it.
+
+The database file carries its version in SQLite's ``PRAGMA user_version``. A new
+file starts at 0 and runs every migration; a file written by an older labelwatch
+runs the ones it lacks; a file newer than this code is refused (never downgraded).
+Each migration after the first runs in one ``BEGIN IMMEDIATE`` transaction
+together with the new ``user_version``, so a crash leaves the file at the old
+version, and several processes opening the same file at once apply it once (the
+version is read again under the write lock). Migration 1 on a new file runs
+statement by statement, as every release up to version 1 created its files, so a
+new file's first pages are laid out as they always were; its statements are
+``IF NOT EXISTS``, so concurrent creators and a crash midway are harmless.
+
+Versions:
+
+1. ``flags``, ``consumers``, ``acks``, ``dead_letters``, ``meta`` (the outbox as
+   first released).
+2. ``ls_writebacks``: the Label Studio write-back queue. Before version 2 it was
+   created on first use outside the version, so a version-1 file may already hold
+   it (with rows): the statements are ``IF NOT EXISTS`` and keep them.
+
+To change the schema, append a :class:`Migration` (never edit a released one);
+see the :mod:`labelwatch.outbox` docstring.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from labelwatch.outbox.records import OutboxError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """Statements that take a file from version ``version - 1`` to ``version``."""
+
+    version: int
+    summary: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "flags, consumer cursors, acks, dead letters, meta counters",
+        (
+            """CREATE TABLE IF NOT EXISTS flags (
+                position INTEGER PRIMARY KEY AUTOINCREMENT,
+                flag_id TEXT NOT NULL UNIQUE,
+                created_at REAL NOT NULL,
+                payload TEXT NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS flags_created_at ON flags (created_at)",
+            """CREATE TABLE IF NOT EXISTS consumers (
+                kind TEXT NOT NULL,
+                name TEXT NOT NULL,
+                cursor INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                PRIMARY KEY (kind, name)
+            )""",
+            """CREATE TABLE IF NOT EXISTS acks (
+                kind TEXT NOT NULL,
+                name TEXT NOT NULL,
+                position INTEGER NOT NULL,
+                PRIMARY KEY (kind, name, position)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE IF NOT EXISTS dead_letters (
+                sink TEXT NOT NULL,
+                flag_id TEXT NOT NULL,
+                position INTEGER NOT NULL,
+                payload TEXT NOT NULL,
+                attempts INTEGER NOT NULL,
+                error TEXT NOT NULL,
+                dead_at REAL NOT NULL,
+                requeued_at REAL,
+                PRIMARY KEY (sink, flag_id)
+            )""",
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        ),
+    ),
+    Migration(
+        2,
+        "Label Studio write-back queue (ls_writebacks), now inside the schema version",
+        (
+            """CREATE TABLE IF NOT EXISTS ls_writebacks (
+                key TEXT PRIMARY KEY,
+                version TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                due_at REAL NOT NULL,
+                error TEXT NOT NULL DEFAULT ''
+            )""",
+            "CREATE INDEX IF NOT EXISTS ls_writebacks_due ON ls_writebacks (due_at)",
+        ),
+    ),
+)
+
+SCHEMA_VERSION: int = MIGRATIONS[-1].version
+"""The version this code reads and writes."""
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    """The file's schema version (0 for a new, empty file)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _check_not_newer(found: int, path: Path) -> None:
+    if found > SCHEMA_VERSION:
+        raise OutboxError(
+            f"outbox {path} has schema version {found}; this labelwatch reads version "
+            f"{SCHEMA_VERSION} (the file was written by a newer labelwatch)"
+        )
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the file behind ``conn`` (autocommit mode) to :data:`SCHEMA_VERSION`.
+
+    Raises :class:`OutboxError` for a file newer than this code (left untouched),
+    and lets ``sqlite3.Error`` through (the caller reports it with the path).
+    """
+    found = initial = user_version(conn)
+    if found == SCHEMA_VERSION:
+        return
+    _check_not_newer(found, path)
+    if found == 0:
+        # a new file: created as releases up to version 1 created it (see the docstring)
+        for statement in MIGRATIONS[0].statements:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {int(MIGRATIONS[0].version)}")
+    ran = initial == 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = user_version(conn)  # again, under the write lock: another process may have won
+        _check_not_newer(found, path)
+        for migration in MIGRATIONS:
+            if migration.version <= found:
+                continue
+            ran = True
+            for statement in migration.statements:
+                conn.execute(statement)
+            # PRAGMA takes no parameters; the value is an int from MIGRATIONS
+            conn.execute(f"PRAGMA user_version = {int(migration.version)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if ran:
+        log.info(
+            "event=outbox_migrated path=%s from_version=%d to_version=%d",
+            path,
+            initial,
+            SCHEMA_VERSION,
+        )
