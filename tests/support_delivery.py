@@ -42,7 +42,7 @@ from typing import Any
 import grpc
 import pytest
 
-from labelwatch.flag import Flag, FlagIssue, dedupe_key
+from labelwatch.flag_record import Flag, FlagIssue, dedupe_key
 from labelwatch.scoring import IssueKind
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from support_ports import free_port

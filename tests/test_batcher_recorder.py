@@ -22,7 +22,7 @@ from labelwatch.batcher import Batcher
 from labelwatch.calibration import calibrate
 from labelwatch.domain import LabeledExample, ScoredBatch
 from labelwatch.errors import DeadlineExpired, OutboxUnavailable
-from labelwatch.flag import flags_from_batch
+from labelwatch.flag_record import flags_from_batch
 from labelwatch.metrics import Metrics
 from labelwatch.outbox import Outbox
 from labelwatch.pipeline import Pipeline

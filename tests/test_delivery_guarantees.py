@@ -25,7 +25,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from labelwatch.flag import dedupe_key
+from labelwatch.flag_record import dedupe_key
 from labelwatch.outbox import Outbox
 from labelwatch_proto.labelwatch.v1 import flags_pb2 as fpb
 from labelwatch_proto.labelwatch.v1 import flags_pb2_grpc as fpb_grpc

@@ -29,7 +29,7 @@ from labelwatch.codec.proto import example_from_proto
 from labelwatch.config import Settings
 from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import OutboxUnavailable
-from labelwatch.flag import Flag, flags_from_batch
+from labelwatch.flag_record import Flag, flags_from_batch
 from labelwatch.ingest import ConsumeOptions, StreamConsumer
 from labelwatch.ingest_app import READY_LINE
 from labelwatch.ingest_messages import PROTOBUF_CONTENT_TYPE

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from labelwatch.domain import LabeledExample, ScoredBatch
-from labelwatch.flag import Flag, FlagIssue, dedupe_key, flags_from_batch
+from labelwatch.flag_record import Flag, FlagIssue, dedupe_key, flags_from_batch
 from labelwatch.outbox import Outbox, OutboxError, RetentionPolicy, UnknownConsumer
 from labelwatch.scoring import IssueKind
 from support_delivery import make_flag

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from labelwatch.flag import Flag
+from labelwatch.flag_record import Flag
 from labelwatch.labelstudio.writequeue import WriteBack, WriteBackQueue
 from labelwatch.outbox import SCHEMA_VERSION, Outbox
 from labelwatch.outbox.schema import MIGRATIONS

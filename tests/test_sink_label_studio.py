@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from labelwatch.labelstudio.sink import LabelStudioSink, config_choices, label_config
 from labelwatch.metrics import DeliveryMetrics
 from labelwatch.outbox import Outbox
 from labelwatch.sinks.base import RetryPolicy, SinkWorker
-from labelwatch.sinks.label_studio import LabelStudioSink, config_choices, label_config
 from support_delivery import LabelStudio, label_studio, make_flag, wait_until
 
 # slow: a real Label Studio (first start on a fresh database 60-90 s)

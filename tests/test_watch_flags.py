@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from labelwatch.flag import dedupe_key
+from labelwatch.flag_record import dedupe_key
 from labelwatch.server import RunningServer
 from labelwatch_proto.labelwatch.v1 import flags_pb2 as fpb
 from labelwatch_proto.labelwatch.v1 import flags_pb2_grpc as fpb_grpc

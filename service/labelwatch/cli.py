@@ -20,9 +20,9 @@ _SERVER_COMMANDS: dict[str, str] = {
     "audit": "labelwatch.commands.audit",
     "demo": "labelwatch.commands.demo",
     "token": "labelwatch.commands.token",
-    "flags": "labelwatch.commands.flags",
+    "flags": "labelwatch.commands.flags_admin",
     "consume": "labelwatch.commands.consume",
-    "label-studio": "labelwatch.commands.label_studio",
+    "label-studio": "labelwatch.labelstudio.command",
 }
 _CLIENT_COMMANDS: dict[str, str] = {
     "score": "labelwatch_client.cli",

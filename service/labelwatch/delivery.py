@@ -65,7 +65,7 @@ def build_sinks(
     """The sinks ``settings`` turn on (each needs its URL), in a fixed order."""
     sinks: list[Sink] = []
     if settings.label_studio_url:
-        from labelwatch.sinks.label_studio import LabelStudioSink
+        from labelwatch.labelstudio.sink import LabelStudioSink
 
         token = read_secret(
             "Label Studio token",

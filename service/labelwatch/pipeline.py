@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from labelwatch.calibration import CalibrationArtifact
 from labelwatch.domain import InputKind, LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import ModelFailure, OutboxUnavailable, StartupError
-from labelwatch.flag import flags_from_batch
+from labelwatch.flag_record import flags_from_batch
 from labelwatch.metrics import Metrics
 from labelwatch.model import OnnxModel
 from labelwatch.outbox import Outbox, OutboxError

@@ -26,7 +26,7 @@ from labelwatch.config import Settings
 from labelwatch.delivery import Delivery
 from labelwatch.domain import InputKind
 from labelwatch.errors import StartupError
-from labelwatch.grpc.flags_servicer import FLAG_FEED_SERVICE_NAME, FlagFeedServicer
+from labelwatch.grpc.flag_feed import FLAG_FEED_SERVICE_NAME, FlagFeedServicer
 from labelwatch.grpc.interceptor import MetricsInterceptor
 from labelwatch.grpc.servicer import LabelQualityServicer
 from labelwatch.healthcheck import ServerState, write_state

@@ -1,7 +1,7 @@
 """Watch consumers: stream flags from a consumer's cursor, redeliver what is not acknowledged.
 
 Transport-agnostic: :class:`FlagFeed` yields :class:`Delivery` values and takes
-acks; :mod:`labelwatch.grpc.flags_servicer` translates them to and from gRPC.
+acks; :mod:`labelwatch.grpc.flag_feed` translates them to and from gRPC.
 
 One active stream per consumer: a newer :meth:`FlagFeed.watch` for the same
 consumer ends the older one with :class:`Superseded`. Each stream keeps the
@@ -26,7 +26,7 @@ from labelwatch.errors import (
     Superseded,
     TooManyStreams,
 )
-from labelwatch.flag import Flag
+from labelwatch.flag_record import Flag
 from labelwatch.outbox import AckResult, Outbox, OutboxError, UnknownConsumer
 from labelwatch.scoring import IssueKind
 

@@ -1,8 +1,17 @@
-"""Label Studio, both ways: annotation webhooks in, results and pre-annotations out.
+"""Label Studio, both ways: every line of labelwatch that talks to Label Studio lives here.
+
+In (annotations to score) and back (results, pre-annotations, tasks to review):
 
 * :mod:`.webhook`: a webhook payload -> :class:`~labelwatch.domain.LabeledExample`.
 * :mod:`.processor`: a bounded queue scored through the server's batcher.
 * :mod:`.writeback`: label quality and suggestions written back to the task.
+* :mod:`.writequeue`: the durable write-back queue (in the outbox) and its worker.
 * :mod:`.ml_backend`: Label Studio's ML backend protocol (pre-annotation).
 * :mod:`.http`: the HTTP server on ``--http-port`` that serves all of it.
+* :mod:`.sink`: the flag sink that imports flagged examples as tasks to review.
+* :mod:`.client`: the REST client every part above uses.
+* :mod:`.connect` and :mod:`.command`: ``labelwatch label-studio connect``.
+
+Its metrics are in :mod:`labelwatch.metrics.label_studio`, its tables in
+:mod:`labelwatch.outbox.writeback`.
 """

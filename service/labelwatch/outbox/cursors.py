@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from labelwatch.flag import Flag
+from labelwatch.flag_record import Flag
 from labelwatch.outbox.flags import flag_from_row
 from labelwatch.outbox.records import AckResult, Consumer, ConsumerKind, UnknownConsumer
 from labelwatch.outbox.store import Store

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from labelwatch.flag import Flag
+from labelwatch.flag_record import Flag
 from labelwatch.outbox.cursors import ConsumerCursors
 from labelwatch.outbox.flags import flag_from_row
 from labelwatch.outbox.records import Backlog, ConsumerKind, DeadLetter

@@ -2,7 +2,7 @@
 
 ``position`` (increasing with write order, the cursor unit), ``flag_id`` (the
 dedupe key, unique: the same example scored twice is one row), ``created_at``
-(unix seconds) and the flag's JSON (:meth:`labelwatch.flag.Flag.to_json`).
+(unix seconds) and the flag's JSON (:meth:`labelwatch.flag_record.Flag.to_json`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Sequence
 
-from labelwatch.flag import Flag
+from labelwatch.flag_record import Flag
 from labelwatch.outbox.store import Store
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from labelwatch.flag import Flag
+from labelwatch.flag_record import Flag
 
 ConsumerKind = Literal["sink", "watch"]
 """``sink``: a delivery worker; ``watch``: a WatchFlags consumer."""

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from labelwatch.flag import Flag
+from labelwatch.flag_record import Flag
 from labelwatch.metrics import DeliveryMetrics
 from labelwatch.outbox import Outbox, OutboxError
 

@@ -25,7 +25,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from labelwatch.flag import Flag
+from labelwatch.flag_record import Flag
 from labelwatch.sinks.base import (
     DeliveryError,
     PermanentError,

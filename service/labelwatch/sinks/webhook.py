@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 
-from labelwatch.flag import Flag
+from labelwatch.flag_record import Flag
 from labelwatch.sinks.base import PermanentError, RetryableError, SinkUnavailable
 
 SIGNATURE_HEADER = "X-Labelwatch-Signature"

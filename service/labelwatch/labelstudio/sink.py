@@ -33,7 +33,7 @@ from html import unescape
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from labelwatch.flag import Flag
+from labelwatch.flag_record import Flag
 from labelwatch.labelstudio.client import LabelStudioClient, LabelStudioError
 from labelwatch.sinks.base import PermanentError, RetryableError, SinkUnavailable
 

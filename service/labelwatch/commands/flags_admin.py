@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from labelwatch.flag import Flag
+from labelwatch.flag_record import Flag
 from labelwatch.outbox import ConsumerKind, Outbox, OutboxError
 
 _DESCRIPTION = """\

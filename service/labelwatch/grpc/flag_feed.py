@@ -8,7 +8,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from labelwatch.errors import InvalidWatch
-from labelwatch.flag import Flag
+from labelwatch.flag_record import Flag
 from labelwatch.grpc.status import abort
 from labelwatch.scoring import IssueKind
 from labelwatch.watch import FlagFeed, StartAt, WatchFilter
