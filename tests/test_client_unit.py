@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 
 from labelwatch_client import (
@@ -253,7 +254,13 @@ def test_example_from_json_accepts_integer_ids_and_nulls_for_optional_fields() -
         ({"id": "a", "features": [1, "2"]}, "features[1]", "'2' is not a number"),
         ({"id": "a", "features": [1, True]}, "features[1]", "not a number"),
         ({"id": "a", "features": [float("nan")]}, "features[0]", "not finite"),
-        ({"id": "a", "probabilities": [0.5, 1.5]}, "probabilities[1]", "outside [0, 1]"),
+        ({"id": "a", "probabilities": [0.5, 1.5]}, "probabilities[1]", ": 1.5 is outside [0, 1]"),
+        # a numpy scalar prints as the user wrote it, not as np.float64(1.5)
+        (
+            {"id": "a", "probabilities": [0.5, np.float64(1.5)]},
+            "probabilities[1]",
+            ": 1.5 is outside [0, 1]",
+        ),
         ({"id": "a", "text": "x", "labels": "cat"}, "labels", "list of class names"),
         ({"id": "a", "text": "x", "labels": ["cat", 1]}, "labels[1]", "not a class name"),
         ({"id": "a", "text": "x", "label_indices": [0, -1]}, "label_indices[1]", "class index"),

@@ -103,7 +103,7 @@ def test_npz_object_arrays_are_refused_without_unpickling(tmp_path: Path) -> Non
 def test_npz_that_is_not_a_zip_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     path.write_bytes(b"not a zip file")
-    with pytest.raises(DataError, match=r"not a readable \.npz"):
+    with pytest.raises(DataError, match=r"not an \.npz archive \(not a zip file\)"):
         load(path)
 
 

@@ -192,7 +192,8 @@ def _probs(values: list[float] | None = None) -> pb.Probabilities:
         (
             pb.Example(id="x3", probabilities=_probs([0.5, 1.5, 0.5, 0.5, 0.5])),
             "INVALID_ARGUMENT",
-            ["'x3'", "'probabilities[1]'", "outside [0, 1]"],
+            # the number as the user wrote it (numpy 2 would print np.float64(1.5))
+            ["example 'x3': field 'probabilities[1]': 1.5 is outside [0, 1]"],
         ),
         (
             pb.Example(id="x4", probabilities=_probs([0.5, 0.5, math.nan, 0.5, 0.5])),

@@ -318,9 +318,10 @@ def _numbers(value: Any, name: str, *, unit: bool) -> list[float]:
         if not _is_number(x):
             raise ExampleFormatError(f"{name}[{j}]", f"{x!r} is not a number")
         if not math.isfinite(x):
-            raise ExampleFormatError(f"{name}[{j}]", f"{x} is not finite")
+            raise ExampleFormatError(f"{name}[{j}]", f"{float(x)} is not finite")
         if unit and not 0.0 <= x <= 1.0:
-            raise ExampleFormatError(f"{name}[{j}]", f"{x!r} is outside [0, 1]")
+            # float(): a numpy scalar would print as np.float64(1.5), not as written
+            raise ExampleFormatError(f"{name}[{j}]", f"{float(x)!r} is outside [0, 1]")
     return [float(x) for x in value]
 
 

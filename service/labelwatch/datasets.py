@@ -14,7 +14,10 @@ Two formats, chosen by file extension:
   skipped; other keys are ignored.
 
 Every problem raises :class:`DataError` with one line naming the file, the row
-(1-based line for ``.jsonl``, 0-based row index for ``.npz``) and the field.
+(1-based line for ``.jsonl``, 0-based row index for ``.npz``) and the field. A file
+that is not in the format its extension promises (empty, truncated, a pickle, a
+single ``.npy`` array, gzip-compressed, ...) is named as what it is; nothing in it is
+unpickled or executed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +84,8 @@ def load(
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise DataError(f"{path}: unknown data format {suffix or '(none)'!r}; use .npz or .jsonl")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if suffix == ".npz":
@@ -122,18 +128,89 @@ def _agree(found: tuple[str, ...], expected: tuple[str, ...] | None, where: str)
     )
 
 
+# --- what a file really is ----------------------------------------------------------------------
+
+SAVEZ_HINT = "write it with numpy.savez(path, pred_probs=..., labels=...)"
+
+
+def _head(path: Path, size: int = 8) -> bytes:
+    """The first ``size`` bytes of ``path``; :class:`DataError` if it cannot be read."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(size)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from exc
+
+
+def _sniff(head: bytes) -> str | None:
+    """Name the formats people mistake for ours, from a file's first bytes (None: unknown).
+
+    >>> _sniff(b"\\x93NUMPY\\x01\\x00"), _sniff(b"\\x80\\x04\\x95"), _sniff(b"{")
+    ('a single array saved with numpy.save', 'a Python pickle', None)
+    """
+    if head.startswith(b"\x93NUMPY"):
+        return "a single array saved with numpy.save"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip-compressed"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "a zip archive"
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause for a corrupt-file message, without numpy's advice to unpickle."""
+    text = " ".join(str(exc).split())
+    if not text or "pickle" in text:
+        return type(exc).__name__
+    return text
+
+
 # --- .npz -------------------------------------------------------------------------------------
+
+
+_MEMBER_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+"""What reading one array of a corrupt or truncated archive raises."""
 
 
 def _array(npz: Any, path: Path, name: str) -> NDArray[Any]:
     try:
         arr: NDArray[Any] = np.asarray(npz[name])
-    except ValueError as exc:  # object arrays need pickle, which we refuse
+    except _MEMBER_ERRORS as exc:
+        if isinstance(exc, ValueError) and "allow_pickle" in str(exc):
+            # an object array: numpy would need pickle to load it, which we refuse
+            raise DataError(
+                f"{path}: field {name!r}: object arrays are not allowed (no pickle); "
+                "store strings as a fixed-width unicode array, e.g. np.array(names, dtype=str)"
+            ) from None
         raise DataError(
-            f"{path}: field {name!r}: object arrays are not allowed (no pickle); "
-            "store strings as a fixed-width unicode array, e.g. np.array(names, dtype=str)"
-        ) from exc
+            f"{path}: field {name!r}: cannot be read, the archive is corrupt or truncated "
+            f"({_reason(exc)})"
+        ) from None
     return arr
+
+
+def _open_npz(path: Path) -> Any:
+    """``np.load`` of a file checked to be a zip archive, or a :class:`DataError` saying
+    what the file is instead (numpy's own errors would suggest unpickling it)."""
+    head = _head(path)
+    if not head:
+        raise DataError(f"{path}: the file is empty (0 bytes); {SAVEZ_HINT}")
+    kind = _sniff(head)
+    if kind != "a zip archive":
+        what = "not an .npz archive (not a zip file)" if kind is None else f"{kind}, not .npz"
+        if kind == "a Python pickle":
+            what += " (pickles are never loaded: they can run code)"
+        raise DataError(f"{path}: is {what}; {SAVEZ_HINT}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except _MEMBER_ERRORS:
+        # the zip directory sits at the end of the file: a cut-off archive fails here
+        raise DataError(
+            f"{path}: is truncated or corrupt (its zip directory, at the end of the file, "
+            f"cannot be read); {SAVEZ_HINT}"
+        ) from None
 
 
 def _first_bad(mask: NDArray[np.bool_]) -> tuple[int, ...]:
@@ -167,11 +244,10 @@ def _npz_strings(arr: NDArray[Any], path: Path, name: str, n: int) -> tuple[str,
 
 
 def _load_npz(path: Path, expected: tuple[str, ...] | None) -> LabeledData:
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
+    npz = _open_npz(path)
     with npz:
+        if not npz.files:
+            raise DataError(f"{path}: the archive holds no arrays; {SAVEZ_HINT}")
         for name in ("pred_probs", "labels"):
             if name not in npz.files:
                 raise DataError(
@@ -242,8 +318,18 @@ PROGRESS_EVERY_LINES = 4096
 
 def _lines(
     path: Path, progress: Callable[[float], None] | None = None
-) -> Iterator[tuple[int, str]]:
-    """Yield ``(1-based line number, stripped text)`` of non-blank lines."""
+) -> Iterator[tuple[int, str, bool]]:
+    """Yield ``(1-based line number, stripped text, ends with a newline)`` of non-blank lines.
+
+    A file whose first bytes show another format (gzip, zip, pickle, ``.npy``) is refused
+    before any line is read.
+    """
+    kind = _sniff(_head(path))
+    if kind is not None:
+        raise DataError(
+            f"{path}: is {kind}, not JSON Lines text (one JSON object a line, UTF-8)"
+            + ("; decompress it first (gunzip)" if kind == "gzip-compressed" else "")
+        )
     read = 0
     try:
         size = max(1, path.stat().st_size)
@@ -260,19 +346,21 @@ def _lines(
                         f"{path}: not UTF-8 text ({exc.reason} at byte {where})"
                     ) from exc
                 if text:
-                    yield number, text
+                    yield number, text, raw.endswith(b"\n")
         if progress is not None:
             progress(1.0)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from exc
 
 
-def _parse(path: Path, number: int, text: str) -> dict[str, Any]:
+def _parse(path: Path, number: int, text: str, complete: bool = True) -> dict[str, Any]:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
+        # a cut-off copy ends mid-line: say so rather than only where the JSON broke
+        cut = "" if complete else "; the file ends inside this line (truncated?)"
         raise DataError(
-            f"{path} line {number}: invalid JSON: {exc.msg} (column {exc.colno})"
+            f"{path} line {number}: invalid JSON: {exc.msg} (column {exc.colno}){cut}"
         ) from exc
     if not isinstance(obj, dict):
         raise DataError(f"{path} line {number}: expected a JSON object, got {type(obj).__name__}")
@@ -320,8 +408,8 @@ def _objects(
     path: Path, progress: Callable[[float], None] | None = None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(1-based line number, parsed object)`` for each non-blank line."""
-    for number, text in _lines(path, progress):
-        yield number, _parse(path, number, text)
+    for number, text, complete in _lines(path, progress):
+        yield number, _parse(path, number, text, complete)
 
 
 def _load_jsonl(

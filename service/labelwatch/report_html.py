@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from labelwatch.datasets import LabeledData
+from labelwatch.scoring.cutoffs import Basis, Cutoffs
 
 N_WORST = 50
 N_CLASS_BARS = 40
@@ -143,23 +144,55 @@ def class_rates_svg(
     return "".join(parts)
 
 
+_BASIS_NOTE = {
+    Basis.CONFIDENT_THRESHOLD: "p is the model's probability of the class; the bound is the "
+    "class's confident threshold on the p scale (t1 for missing, 1 \u2212 t0 for spurious).",
+    Basis.RANK_CUTOFF: "p is the model's probability of the class. This rule flags, in each "
+    "class, the pairs the model disagrees with most, up to the number of errors Confident "
+    "Learning estimates there; the bound is that rank cut-off: the p of the last pair taken "
+    "in the class (t0 and t1 only set how many are taken).",
+    Basis.ARGMAX: "p is the model's probability of the class; this rule flags a tag the "
+    "model's yes/no answer (p > 0.5) contradicts.",
+    Basis.EXAMPLE_SCORE: "p is the model's probability of the class. This rule flags whole "
+    "examples whose score (self-confidence pooled by EMA) is at or below the cut-off, and "
+    "names the classes the example's tags disagree with most; there is no per-class bound.",
+}
+
+
 def _issue_cells(
     i: int,
     data: LabeledData,
     flags: NDArray[np.bool_],
     t0: NDArray[np.float64],
     t1: NDArray[np.float64],
+    cutoffs: Cutoffs | None = None,
 ) -> str:
+    """The suspected issues of example ``i``, each with the bound that really decided it."""
     items = []
     for k in np.flatnonzero(flags[i]).tolist():
         p = float(data.pred_probs[i, k])
         name = escape(data.class_names[k])
-        if data.labels[i, k]:
-            items.append(
-                f'<span class="spur">\u2212{name} (p={_fmt(p)} \u2264 {_fmt(1 - t0[k])})</span>'
+        spurious = bool(data.labels[i, k])
+        sign, css = ("\u2212", "spur") if spurious else ("+", "miss")
+        if cutoffs is None:
+            bound: float | None = 1 - float(t0[k]) if spurious else float(t1[k])
+            what = ""
+        elif cutoffs.basis is Basis.EXAMPLE_SCORE:
+            bound, what = None, ""
+        else:
+            bound = float(cutoffs.p[k, int(spurious)])
+            what = " rank cut-off" if cutoffs.basis is Basis.RANK_CUTOFF else ""
+        if bound is None:
+            assert cutoffs is not None and cutoffs.scores is not None
+            why = (
+                f"p={_fmt(p)}; example score {_fmt(float(cutoffs.scores[i]))} \u2264 "
+                f"{_fmt(cutoffs.score_cutoff)}"
             )
         else:
-            items.append(f'<span class="miss">+{name} (p={_fmt(p)} \u2265 {_fmt(t1[k])})</span>')
+            # rounding to 4 digits is monotone, so a true p-vs-bound comparison stays true
+            relation = "\u2264" if spurious else "\u2265"
+            why = f"p={_fmt(p)} {relation}{what} {_fmt(bound)}"
+        items.append(f'<span class="{css}">{sign}{name} ({why})</span>')
     return "<br>".join(items)
 
 
@@ -170,6 +203,7 @@ def worst_table(
     t0: NDArray[np.float64],
     t1: NDArray[np.float64],
     limit: int = N_WORST,
+    cutoffs: Cutoffs | None = None,
 ) -> str:
     """HTML table of the ``limit`` examples with the lowest label quality."""
     order = np.argsort(label_quality, kind="stable")[:limit]
@@ -184,7 +218,7 @@ def worst_table(
         rows.append(
             f'<tr><td class="n">{rank}</td><td class="n">{i}</td><td>{escape(data.ids[i])}</td>'
             f'<td class="n">{label_quality[i]:.4f}</td><td>{given or "<em>none</em>"}</td>'
-            f"<td>{_issue_cells(i, data, flags, t0, t1)}</td></tr>"
+            f"<td>{_issue_cells(i, data, flags, t0, t1, cutoffs)}</td></tr>"
         )
     rows.append("</table>")
     return "".join(rows)
@@ -221,11 +255,14 @@ def render(
     t0: NDArray[np.float64],
     t1: NDArray[np.float64],
     meta: Mapping[str, str],
+    cutoffs: Cutoffs | None = None,
 ) -> str:
     """The whole report as one HTML document.
 
     ``flags`` ``(N, K)`` bool, ``label_quality`` ``(N,)``, ``t0``/``t1`` ``(K,)``;
-    ``meta`` is shown as the summary list (e.g. data path, rule, mode).
+    ``meta`` is shown as the summary list (e.g. data path, rule, mode); ``cutoffs``:
+    what the rule compared (without it, every flag is shown against t1 / 1 - t0, right
+    for ``confident_learning`` only).
     """
     n = max(data.n_examples, 1)
     is_issue: NDArray[np.bool_] = np.asarray(flags.any(axis=1))
@@ -261,9 +298,8 @@ def render(
             bars_note,
             class_rates_svg(data.class_names, missing_rate, spurious_rate),
             f"<h2>The {worst} lowest-scoring examples</h2>",
-            "<p>p is the model's probability of the class; the bound is the class's confident "
-            "threshold on the p scale (t1 for missing, 1 \u2212 t0 for spurious).</p>",
-            worst_table(data, flags, label_quality, t0, t1),
+            f"<p>{_BASIS_NOTE[cutoffs.basis if cutoffs else Basis.CONFIDENT_THRESHOLD]}</p>",
+            worst_table(data, flags, label_quality, t0, t1, cutoffs=cutoffs),
             "<h2>Per-class summary</h2><details><summary>show all classes</summary>",
             class_table(data, flags, t0, t1),
             "</details></body></html>\n",

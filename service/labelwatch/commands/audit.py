@@ -30,6 +30,7 @@ from labelwatch.scoring import (
     fit_thresholds,
     label_quality_scores,
 )
+from labelwatch.scoring.cutoffs import Basis, Cutoffs, batch_cutoffs, online_cutoffs
 
 BATCH_DEFAULT_RULE = FilterBy.PRUNE_BY_NOISE_RATE  # cleanlab's default
 
@@ -52,14 +53,23 @@ Two modes:
 --out gets one JSON object a line, in input order:
   {{"index": 0, "id": "a1", "label_quality": 0.41, "is_issue": true,
    "issues": [{{"label": "dog", "class_index": 1, "kind": "MISSING",
-               "probability": 0.93, "threshold": 0.71}}]}}
+               "probability": 0.93, "threshold": 0.71,
+               "decided_by": "confident_threshold"}}]}}
 label_quality is in [0, 1], lower = more likely mislabeled. "probability" is
-the model's p[k] of the class; "threshold" is the class's confident threshold
-on the same p scale: t1[k] for MISSING (an untagged class counts as confidently
-present when p >= t1[k]) and 1 - t0[k] for SPURIOUS (a tagged class counts as
-confidently absent when p <= 1 - t0[k]); t1[k] is the mean p of the examples
-tagged k, t0[k] the mean 1 - p of the others. (The prune_by_* rules flag the
-most confident cases by rank, so a flagged p is usually, not always, past it.)
+the model's p[k] of the class; "threshold" is the bound on the same p scale
+that the rule used for this class: a MISSING flag has p >= threshold, a
+SPURIOUS flag p <= threshold. "decided_by" says which bound it is:
+  confident_threshold  confident_learning: t1[k] for MISSING, 1 - t0[k] for
+                       SPURIOUS (t1[k] is the mean p of the examples tagged k,
+                       t0[k] the mean 1 - p of the others; within 1e-6)
+  rank_cutoff          prune_by_noise_rate, prune_by_class, both: these flag
+                       the m most suspicious pairs of each class and side; the
+                       threshold is the p of the last pair taken (with
+                       --thresholds: the calibration's cut-off)
+  argmax               predicted_neq_given: 0.5
+  example_score        low_self_confidence, low_normalized_margin: no
+                       threshold (null); the example's "score" (self-confidence
+                       pooled by EMA, alpha 0.8) is <= "score_cutoff"
 
 A per-class table (class, tagged, t0, t1, flagged missing, flagged spurious)
 goes to stdout. Exit status: 0 done, 2 bad arguments, data or artifact
@@ -115,6 +125,7 @@ class Audit:
     t1: NDArray[np.float64]
     rule: FilterBy
     mode: str
+    cutoffs: Cutoffs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         if args.html:
             meta = {"data": str(args.data), "mode": audit.mode, "rule": audit.rule.value}
             page = report_html.render(
-                data, audit.flags, audit.label_quality, audit.t0, audit.t1, meta
+                data, audit.flags, audit.label_quality, audit.t0, audit.t1, meta, audit.cutoffs
             )
             args.html.write_text(page, encoding="utf-8")
     except OSError as exc:
@@ -179,7 +190,8 @@ def score(
             data.pred_probs, data.labels, pooling=pooling, alpha=alpha, temperature=temperature
         )
         mode = f"batch (cleanlab), pooling {pooling_name(pooling)}"
-        return Audit(data, flags, quality, thresholds.t0, thresholds.t1, rule, mode)
+        cutoffs = batch_cutoffs(data.pred_probs, data.labels, rule)
+        return Audit(data, flags, quality, thresholds.t0, thresholds.t1, rule, mode, cutoffs)
     for flag in ("pooling", "alpha", "temperature"):
         if getattr(args, flag) is not None:
             raise ValueError(
@@ -198,24 +210,32 @@ def score(
         fit.thresholds.t1,
         rule,
         mode,
+        online_cutoffs(fit, data.pred_probs, data.labels, rule),
     )
 
 
 def issues_of(audit: Audit, i: int) -> list[dict[str, object]]:
     """The ``issues`` list of example ``i`` (see ``--help`` for the fields)."""
     data = audit.data
+    cutoffs = audit.cutoffs
     out: list[dict[str, object]] = []
     for k in np.flatnonzero(audit.flags[i]).tolist():
         spurious = bool(data.labels[i, k])
-        out.append(
-            {
-                "label": data.class_names[k],
-                "class_index": k,
-                "kind": "SPURIOUS" if spurious else "MISSING",
-                "probability": float(data.pred_probs[i, k]),
-                "threshold": 1.0 - float(audit.t0[k]) if spurious else float(audit.t1[k]),
-            }
-        )
+        issue: dict[str, object] = {
+            "label": data.class_names[k],
+            "class_index": k,
+            "kind": "SPURIOUS" if spurious else "MISSING",
+            "probability": float(data.pred_probs[i, k]),
+            "threshold": None,
+            "decided_by": cutoffs.basis.value,
+        }
+        if cutoffs.basis is Basis.EXAMPLE_SCORE:
+            assert cutoffs.scores is not None
+            issue["score"] = float(cutoffs.scores[i])
+            issue["score_cutoff"] = cutoffs.score_cutoff
+        else:
+            issue["threshold"] = float(cutoffs.p[k, int(spurious)])
+        out.append(issue)
     return out
 
 
