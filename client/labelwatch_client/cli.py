@@ -57,6 +57,10 @@ label_quality is in [0, 1], lower = more likely mislabeled.
 {_EXIT_HELP}"""
 
 
+DEFAULT_TARGET = "127.0.0.1:50051"
+"""The address `labelwatch serve` listens on without --host/--port."""
+
+
 class UsageError(Exception):
     """Bad arguments or a bad local file: exit status 2."""
 
@@ -77,7 +81,12 @@ def _positive_float(text: str) -> float:
 
 def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection")
-    group.add_argument("--target", required=True, metavar="HOST:PORT", help="the server.")
+    group.add_argument(
+        "--target",
+        default=DEFAULT_TARGET,
+        metavar="HOST:PORT",
+        help="the server [default %(default)s, where `labelwatch serve` listens by default].",
+    )
     group.add_argument(
         "--timeout",
         type=_positive_float,

@@ -36,6 +36,7 @@ from labelwatch.metrics import Metrics
 from labelwatch.model import OnnxModel, SessionSettings, file_sha256
 from labelwatch.outbox import Outbox
 from labelwatch.pipeline import Pipeline
+from labelwatch.portcheck import bind_problem
 from labelwatch.security.layer import SecurityLayer, build_security
 from labelwatch_proto.labelwatch.v1 import flags_pb2_grpc
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
@@ -249,6 +250,9 @@ def start(
         server,
     )
     address = f"{settings.host}:{settings.port}"
+    problem = bind_problem(settings.host, settings.port, reuse_port=reuse_port)
+    if problem is not None:  # said here, in one line, rather than by gRPC core's log
+        raise StartupError(f"cannot bind {address}: {problem}")
     try:
         port = security.bind(server, address)
     except RuntimeError as exc:

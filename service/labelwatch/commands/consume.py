@@ -138,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
 
     from labelwatch.ingest import ConsumeOptions  # heavy imports only once settings are valid
     from labelwatch.ingest_app import consume_forever
+    from labelwatch.server import with_default_model
+
+    settings = with_default_model(settings)  # the log names the files really served
 
     options = ConsumeOptions(
         url=str(values["nats"]),

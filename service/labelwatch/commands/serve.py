@@ -43,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"labelwatch serve: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    log.info("event=config %s", " ".join(f"{k}={v}" for k, v in settings.describe().items()))
-    from labelwatch.server import serve_forever  # heavy imports only once settings are valid
+    from labelwatch.server import serve_forever, with_default_model  # heavy: after validation
     from labelwatch.workers import run_workers
+
+    settings = with_default_model(settings)  # the log names the files really served
+    log.info("event=config %s", " ".join(f"{k}={v}" for k, v in settings.describe().items()))
 
     try:
         if settings.workers > 1:
