@@ -240,6 +240,16 @@ def test_wheel_holds_exactly_the_generated_code_this_suite_imports(wheel: Path) 
     assert "labelwatch_proto/py.typed" in in_wheel
 
 
+@pytest.mark.slow
+def test_wheel_carries_everything_the_demo_needs_and_stays_small(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        sizes = {info.filename: info.file_size for info in archive.infolist()}
+    for name in ("default_model.onnx", "default_thresholds.json", "debtags_test.jsonl.gz"):
+        assert f"labelwatch/data/{name}" in sizes, name
+    assert sizes["labelwatch/data/debtags_test.jsonl.gz"] < 1_000_000
+    assert wheel.stat().st_size < 12_000_000  # the model is 8.3 MB of it
+
+
 @pytest.fixture(scope="module")
 def minimum_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with the wheel and exactly the declared floor of every dependency."""
