@@ -9,11 +9,13 @@
 #     containernetworking-plugins (user ids, storage, init, published ports)
 #   - the other-language client test (tests/test_other_language.py): nodejs and npm, checked as
 #     commands (node, npm) because a NodeSource nodejs ships npm without Debian's npm package
+#   - the README run (tests/test_readme.py): iproute2 (`ip`, loopback in a private network
+#     namespace; util-linux's `unshare` is always there), curl and openssl, which the README uses
 #
 # Usage: scripts/ci_system_deps.sh        (as root, or with sudo available)
 set -euo pipefail
 
-PACKAGES=(prometheus shellcheck podman buildah runc debootstrap uidmap slirp4netns fuse-overlayfs catatonit iptables containernetworking-plugins)
+PACKAGES=(prometheus shellcheck podman buildah runc debootstrap uidmap slirp4netns fuse-overlayfs catatonit iptables containernetworking-plugins iproute2 curl openssl)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

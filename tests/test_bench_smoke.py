@@ -160,14 +160,17 @@ def test_targets_and_render_make_tables_from_a_run(tmp_path: Path) -> None:
     assert "### Served" in written
 
 
-@pytest.mark.skipif(
-    not peer_available(),
-    reason="MLServer peer NOT tested: bench/.venv-mlserver is absent "
-    "(create it with `bash bench/peer/setup_mlserver.sh`)",
-)
 def test_peer_cells_with_and_without_cleanlab_produce_rows(
     tiny_float: ServedModel, pool: ClientPool, tmp_path: Path
 ) -> None:
+    if not peer_available():
+        reason = (
+            "MLServer peer NOT tested: bench/.venv-mlserver is absent "
+            "(create it with `bash bench/peer/setup_mlserver.sh`; .ci/run does)"
+        )
+        if os.environ.get("CI") == "true":  # CI installs it: there a missing one fails
+            pytest.fail(reason)
+        pytest.skip(reason)
     from servebench.peer import compile_stubs
 
     compile_stubs()
