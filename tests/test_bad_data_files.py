@@ -200,13 +200,3 @@ def test_an_empty_npz_in_a_real_process_prints_no_traceback(tmp_path: Path, comm
         f"labelwatch {command}: error: {path}: the file is empty (0 bytes); "
         "write it with numpy.savez(path, pred_probs=..., labels=...)\n"
     )
-
-
-def test_the_sniffing_doctest_holds() -> None:
-    import doctest
-
-    from labelwatch import datasets
-    from labelwatch.scoring import cutoffs
-
-    for module in (datasets, cutoffs):
-        assert doctest.testmod(module).failed == 0
