@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
-LINT_PATHS := $(wildcard service client tests bench scripts setup.py)
+LINT_PATHS := $(wildcard service client tests bench scripts examples setup.py)
 
 .PHONY: run install install-test test test-fast lint typecheck bench clean
 
