@@ -149,3 +149,19 @@ def test_batch_cut_offs_of_the_threshold_rules_are_the_thresholds() -> None:
     assert np.allclose(confident.p[:, 0], probs.mean(axis=0, where=labels))
     assert np.allclose(confident.p[:, 1], 1 - (1 - probs).mean(axis=0, where=~labels))
     assert (batch_cutoffs(probs, labels, "predicted_neq_given").p == 0.5).all()
+
+
+def test_a_rule_without_a_bound_on_p_is_shown_with_p_alone() -> None:
+    from labelwatch.datasets import LabeledData
+    from labelwatch.report_html import worst_table
+    from labelwatch.scoring.cutoffs import Basis, Cutoffs
+
+    probs, labels = _data()
+    data = LabeledData(probs, labels, tuple(f"c{k}" for k in range(K)), tuple(map(str, range(N))))
+    flags = np.zeros((N, K), dtype=bool)
+    flags[0, 0] = True
+    none = Cutoffs(Basis.NONE, np.full((K, 2), np.nan))
+    zeros = np.zeros(K)
+    table = worst_table(data, flags, np.linspace(0, 1, N), zeros, zeros, cutoffs=none)
+    assert f"(p={probs[0, 0]:.4g})" in table
+    assert "\u2265" not in table and "\u2264" not in table

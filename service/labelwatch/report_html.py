@@ -156,6 +156,8 @@ _BASIS_NOTE = {
     Basis.EXAMPLE_SCORE: "p is the model's probability of the class. This rule flags whole "
     "examples whose score (self-confidence pooled by EMA) is at or below the cut-off, and "
     "names the classes the example's tags disagree with most; there is no per-class bound.",
+    Basis.NONE: "p is the model's probability of the class; this rule does not decide by a "
+    "bound on p.",
 }
 
 
@@ -177,12 +179,14 @@ def _issue_cells(
         if cutoffs is None:
             bound: float | None = 1 - float(t0[k]) if spurious else float(t1[k])
             what = ""
-        elif cutoffs.basis is Basis.EXAMPLE_SCORE:
+        elif cutoffs.basis in (Basis.EXAMPLE_SCORE, Basis.NONE):
             bound, what = None, ""
         else:
             bound = float(cutoffs.p[k, int(spurious)])
             what = " rank cut-off" if cutoffs.basis is Basis.RANK_CUTOFF else ""
-        if bound is None:
+        if bound is None and (cutoffs is None or cutoffs.scores is None):
+            why = f"p={_fmt(p)}"
+        elif bound is None:
             assert cutoffs is not None and cutoffs.scores is not None
             why = (
                 f"p={_fmt(p)}; example score {_fmt(float(cutoffs.scores[i]))} \u2264 "

@@ -70,6 +70,8 @@ SPURIOUS flag p <= threshold. "decided_by" says which bound it is:
   example_score        low_self_confidence, low_normalized_margin: no
                        threshold (null); the example's "score" (self-confidence
                        pooled by EMA, alpha 0.8) is <= "score_cutoff"
+  none                 a rule that decides by something else than a bound on p:
+                       threshold null
 
 A per-class table (class, tagged, t0, t1, flagged missing, flagged spurious)
 goes to stdout. Exit status: 0 done, 2 bad arguments, data or artifact
@@ -233,7 +235,7 @@ def issues_of(audit: Audit, i: int) -> list[dict[str, object]]:
             assert cutoffs.scores is not None
             issue["score"] = float(cutoffs.scores[i])
             issue["score_cutoff"] = cutoffs.score_cutoff
-        else:
+        elif cutoffs.basis is not Basis.NONE:
             issue["threshold"] = float(cutoffs.p[k, int(spurious)])
         out.append(issue)
     return out

@@ -14,7 +14,8 @@ every flagged pair satisfies it:
   converted exactly to p (``both``: the stricter of its two rules' cut-offs);
 * ``low_self_confidence``, ``low_normalized_margin`` (score rules): no per-class bound (NaN).
   The example's score (cleanlab's EMA self-confidence, ``scores``) fell to or below
-  ``score_cutoff``, and the flagged classes are the ones the example is least sure of.
+  ``score_cutoff``, and the flagged classes are the ones the example is least sure of;
+* any other rule: :attr:`Basis.NONE`, no bound on p is claimed (NaN), so a report states none.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Basis(str, enum.Enum):
     ARGMAX = "argmax"
     RANK_CUTOFF = "rank_cutoff"
     EXAMPLE_SCORE = "example_score"
+    NONE = "none"  # the rule decides by something other than a bound on p
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,13 @@ def basis_of(rule: FilterBy) -> Basis:
         return Basis.ARGMAX
     if rule in SCORE_RULES:
         return Basis.EXAMPLE_SCORE
-    return Basis.RANK_CUTOFF
+    if rule in RANK_RULES:
+        return Basis.RANK_CUTOFF
+    return Basis.NONE
+
+
+def _no_bound(k: int) -> Cutoffs:
+    return Cutoffs(Basis.NONE, np.full((k, 2), np.nan))
 
 
 def _confident(thresholds: Thresholds) -> NDArray[np.float64]:
@@ -106,6 +114,8 @@ def batch_cutoffs(pred_probs: ArrayLike, labels: ArrayLike, rule: FilterBy | str
         _, rows, scores = rules.low_score(probs, tags, thresholds)
         cut = float(scores[rows].max()) if rows.any() else float("nan")
         return Cutoffs(Basis.EXAMPLE_SCORE, np.full((k, 2), np.nan), scores, cut)
+    if rule not in RANK_RULES:
+        return _no_bound(k)
     plan = rules.prune_plan(probs, tags, thresholds)
     by_rate = rules.prune_by_noise_rate_ranked(probs, tags, plan, sides).flags
     by_class = rules.prune_by_class_ranked(probs, tags, plan, sides).flags
@@ -172,7 +182,8 @@ def online_cutoffs(
         probs, tags = as_arrays(pred_probs, labels)
         scores = rules.rule_scores(probs, tags)
         return Cutoffs(Basis.EXAMPLE_SCORE, np.full((k, 2), np.nan), scores, fit.score_cutoff)
-    assert rule in RANK_RULES
+    if rule not in RANK_RULES:
+        return _no_bound(k)
     margin = np.asarray(fit.margin_cutoffs[rule.value], dtype=np.float64)
     bounds = np.stack([p_at_margin(margin[:, 0], False), p_at_margin(margin[:, 1], True)], 1)
     return Cutoffs(Basis.RANK_CUTOFF, bounds)
