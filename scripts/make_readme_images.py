@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import os
 import shutil
 import subprocess
 import sys
@@ -43,9 +44,14 @@ white-space:pre-wrap}}
 """
 
 
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+"""The venv's bin first on PATH: the demo then prints its commands as plain ``labelwatch``."""
+
+
 def labelwatch(*args: str) -> list[str]:
-    """``labelwatch ARGS`` run by this Python."""
-    return [sys.executable, "-m", "labelwatch.cli", *args]
+    """``labelwatch ARGS``: the console script beside this Python."""
+    return [str(BIN / "labelwatch"), *args]
 
 
 def screenshot(chromium: str, page: Path, out: Path, height: int) -> None:
@@ -91,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit = ["--limit", str(args.limit)] if args.limit else []
         demo = subprocess.run(
             labelwatch("demo", "--out", str(work / "demo"), *limit),
-            check=True, capture_output=True, text=True, timeout=900,
+            check=True, capture_output=True, text=True, timeout=900, env=ENV,
         )  # fmt: skip
         # the temporary folder's name changes every run: show the default one's shape
         text = demo.stdout.replace(str(work / "demo"), "/tmp/labelwatch-demo-3kq9x0ye")
@@ -104,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             labelwatch(
                 "audit", "--data", "demo.npz", "--out", "audit.jsonl", "--html", "report.html"
             ),
-            check=True, capture_output=True, text=True, timeout=300, cwd=work / "demo",
+            check=True, capture_output=True, text=True, timeout=300, cwd=work / "demo", env=ENV,
         )  # fmt: skip
         screenshot(args.chromium, report, args.out / "audit-report.png", 590)
         worst = work / "worst.html"

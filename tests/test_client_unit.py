@@ -488,11 +488,11 @@ def test_cli_unset_token_variable_exits_2(
     "argv",
     [
         ["score", "--target", "h:1", "--input", "x.jsonl", "--batch-size", "0"],
-        ["score", "--input", "x.jsonl"],
+        ["score"],  # no --input (--target has a default: tests/test_startup_messages.py)
         ["info", "--target", "h:1", "--timeout", "-1"],
         [],
     ],
-    ids=["batch-size", "no-target", "timeout", "no-command"],
+    ids=["batch-size", "no-input", "timeout", "no-command"],
 )
 def test_cli_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(argv, capsys)

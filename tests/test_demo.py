@@ -113,7 +113,7 @@ def test_demo_writes_only_under_out_and_explains_its_numbers(
         assert match is not None, printed
         assert float(match.group(1)) == pytest.approx(_recomputed_precision_at(out, k), abs=0.005)
     # the printed audit command works on the saved probabilities and noisy tags
-    command = re.search(r"cd (\S+) && labelwatch audit (--data .*)", printed)
+    command = re.search(r"cd (\S+) && .*labelwatch(?:\.cli)? audit (--data .*)", printed)
     assert command is not None and Path(command.group(1)) == out
     monkeypatch.chdir(out)
     assert main(["audit", *command.group(2).split()]) == 0
@@ -202,3 +202,21 @@ def test_summary_states_each_number_in_words() -> None:
     assert "precision@500 0.33: 100 of all 300 flagged packages" in text
     assert "label quality, lowest first" in text and "docs/detection.md" in text
     assert "one in 10, precision 0.10" in text
+
+
+def test_the_printed_command_runs_this_labelwatch_from_any_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from labelwatch.commands import demo
+
+    script = tmp_path / "venv" / "bin" / "labelwatch"
+    script.parent.mkdir(parents=True)
+    script.write_text("")
+    monkeypatch.setattr(sys, "argv", [str(script), "demo"])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert demo.self_command() == str(script.resolve())  # not on PATH: the absolute path
+    monkeypatch.setenv("PATH", str(script.parent))
+    script.chmod(0o755)
+    assert demo.self_command() == "labelwatch"
+    monkeypatch.setattr(sys, "argv", ["/x/labelwatch/cli.py"])
+    assert demo.self_command() == f"{sys.executable} -m labelwatch.cli"

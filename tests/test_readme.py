@@ -239,7 +239,18 @@ def _script(blocks: list[Block], state: Path, with_label_studio: bool) -> str:
         parts.append(f'echo {n} > "$LW_STATE/current"')
         parts.append(f'{{ set -e\n{code}set +e; }} > "$LW_STATE/{n}.out" 2> "$LW_STATE/{n}.err"')
         parts.append(f'echo {n} >> "$LW_STATE/done"')
+    # the README's stop commands work: nothing it started is left running (drains take a while)
+    parts.append(
+        "for _ in $(seq 300); do\n"
+        f"    pgrep -af '{LEFTOVERS}' > \"$LW_STATE/left\" || break\n"
+        "    sleep 0.2\n"
+        "done"
+    )
     return "\n".join(parts) + "\n"
+
+
+LEFTOVERS = "labelwatch (serve|consume)|nats-server|label-studio start"
+"""What the README starts in the background and must stop again."""
 
 
 NAMESPACE_SETUP = r"""
@@ -309,6 +320,8 @@ def test_readme_runs_top_to_bottom_in_one_shell(tmp_path: Path) -> None:
             f"stderr:\n{_read(state / f'{current}.err')}\nserver logs:\n{_read(state / 'logs')}"
             f"\nrunner: {done.returncode}\n{done.stderr[-3000:]}"
         )
+    left = _read(state / "left").strip()
+    assert not left, f"the README leaves these running after its last block:\n{left}"
     for n in expected:
         block = blocks[n]
         if block.output is not None:

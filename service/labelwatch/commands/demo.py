@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import gzip
 import json
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -409,9 +410,23 @@ def run(args: argparse.Namespace) -> int:
     print("  demo.npz       the model's probabilities, the noisy tags and the injected errors")
     print("the HTML audit report of this run:")
     print(
-        f"  cd {out_dir} && labelwatch audit --data demo.npz --out audit.jsonl --html report.html"
+        f"  cd {out_dir} && {self_command()} audit --data demo.npz --out audit.jsonl "
+        "--html report.html"
     )
     return 0
+
+
+def self_command() -> str:
+    """How to run this same ``labelwatch`` from any folder: ``labelwatch`` when that is the
+    one on PATH, else its absolute path (e.g. ``/path/to/.venv/bin/labelwatch``), or
+    ``python -m labelwatch.cli`` with this interpreter."""
+    script = Path(sys.argv[0])
+    if script.name != "labelwatch":
+        return f"{sys.executable} -m labelwatch.cli"
+    found = shutil.which("labelwatch")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "labelwatch"
+    return str(script.resolve())
 
 
 def _save_npz(
