@@ -23,13 +23,18 @@ from labelwatch.commands._offline import (
     pooling_name,
     pooling_settings,
 )
+from labelwatch.commands.calibrate import check_budget_flag
 from labelwatch.scoring import (
     FilterBy,
+    Pooling,
     decide,
     find_label_issues,
     fit_thresholds,
     label_quality_scores,
 )
+from labelwatch.scoring.budget import DEFAULT_BUDGET
+from labelwatch.scoring.context import DEFAULT_CONTEXT_TAGS
+from labelwatch.scoring.online import decide_cross_fitted, fit_calibration_with_scores
 
 BATCH_DEFAULT_RULE = FilterBy.PRUNE_BY_NOISE_RATE  # cleanlab's default
 
@@ -91,6 +96,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"flag rule, one of: {', '.join(rule.value for rule in FilterBy)} (default "
         f"{BATCH_DEFAULT_RULE.value}, or the artifact's rule with --thresholds).",
     )
+    parser.add_argument(
+        "--flag-budget",
+        type=float,
+        default=None,
+        metavar="R",
+        help="for the budget rule: flagged (example, tag) pairs per example (default: the "
+        f"artifact's, or {DEFAULT_BUDGET} without --thresholds, where the tag-context model "
+        "is cross-fitted on DATA itself).",
+    )
     add_pooling_arguments(parser, defaults_shown="without --thresholds ")
     add_class_names_argument(parser)
     parser.add_argument("--out", required=True, type=Path, help="JSONL report to write.")
@@ -115,6 +129,7 @@ class Audit:
     t1: NDArray[np.float64]
     rule: FilterBy
     mode: str
+    error_probability: NDArray[np.float64] | None = None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -170,9 +185,14 @@ def score(
     data: datasets.LabeledData, args: argparse.Namespace, artifact: CalibrationArtifact | None
 ) -> Audit:
     """Flags and scores for ``data``: batch (cleanlab) mode, or online with ``artifact``."""
+    budget = getattr(args, "flag_budget", None)
     if artifact is None:
         rule = FilterBy(args.filter_by or BATCH_DEFAULT_RULE)
         pooling, alpha, temperature = pooling_settings(args)
+        if rule is FilterBy.BUDGET:
+            return _batch_budget(data, budget, pooling, alpha, temperature)
+        if budget is not None:
+            raise ValueError("--flag-budget applies to the budget rule only (--filter-by budget)")
         thresholds = fit_thresholds(data.pred_probs, data.labels)
         flags = find_label_issues(data.pred_probs, data.labels, filter_by=rule)
         quality = label_quality_scores(
@@ -188,7 +208,11 @@ def score(
             )
     rule = FilterBy(args.filter_by) if args.filter_by else artifact.filter_by
     fit = artifact.fit
-    decision = decide(fit, data.pred_probs, data.labels, rule)
+    if budget is not None:
+        if rule is not FilterBy.BUDGET:
+            raise ValueError("--flag-budget applies to the budget rule only (--filter-by budget)")
+        check_budget_flag(budget, data.n_classes)
+    decision = decide(fit, data.pred_probs, data.labels, rule, flag_budget=budget)
     mode = f"online, thresholds from {args.thresholds}, pooling {pooling_name(fit.pooling)}"
     return Audit(
         data,
@@ -198,7 +222,58 @@ def score(
         fit.thresholds.t1,
         rule,
         mode,
+        decision.error_probability,
     )
+
+
+def _batch_budget(
+    data: datasets.LabeledData,
+    budget: float | None,
+    pooling: Pooling,
+    alpha: float,
+    temperature: float,
+) -> Audit:
+    """The budget rule on DATA alone: every example judged by models cross-fitted without it."""
+    chosen = check_budget_flag(DEFAULT_BUDGET if budget is None else budget, data.n_classes)
+    fit, errors = fit_calibration_with_scores(
+        data.pred_probs,
+        data.labels,
+        pooling=pooling,
+        alpha=alpha,
+        temperature=temperature,
+        context_tags=DEFAULT_CONTEXT_TAGS,
+        flag_budget=chosen,
+        context_quality=True,
+    )
+    assert errors is not None
+    decision = decide_cross_fitted(fit, errors, data.labels)
+    th = fit.thresholds
+    mode = (
+        f"batch, tag context cross-fitted on DATA, budget {chosen:g}, "
+        f"pooling {pooling_name(pooling)}"
+    )
+    return Audit(
+        data,
+        decision.flags,
+        decision.label_quality,
+        th.t0,
+        th.t1,
+        FilterBy.BUDGET,
+        mode,
+        decision.error_probability,
+    )
+
+
+def review_precision(audit: Audit, k: int) -> float | None:
+    """Expected precision of the first ``k`` flags in review order: the mean error
+    probability of the ``k`` flagged tags most likely wrong (``None``: no probabilities)."""
+    if audit.error_probability is None:
+        return None
+    values = audit.error_probability[audit.flags]
+    if values.size == 0:
+        return None
+    top = np.sort(values)[::-1][:k]
+    return float(top.mean())
 
 
 def issues_of(audit: Audit, i: int) -> list[dict[str, object]]:
@@ -214,6 +289,11 @@ def issues_of(audit: Audit, i: int) -> list[dict[str, object]]:
                 "kind": "SPURIOUS" if spurious else "MISSING",
                 "probability": float(data.pred_probs[i, k]),
                 "threshold": 1.0 - float(audit.t0[k]) if spurious else float(audit.t1[k]),
+                "error_probability": (
+                    None
+                    if audit.error_probability is None
+                    else float(audit.error_probability[i, k])
+                ),
             }
         )
     return out
@@ -271,3 +351,12 @@ def print_summary(audit: Audit, out: TextIO) -> None:
         f"rule {audit.rule.value}; {audit.mode}",
         file=out,
     )
+    n_flags = int(audit.flags.sum())
+    at = [(k, review_precision(audit, k)) for k in (100, 500)]
+    if n_flags and all(p is not None for _, p in at):
+        shown = ", ".join(f"@{k} {p:.2f}" for k, p in at)
+        print(
+            f"{n_flags} flagged tags ({n_flags / n:.3f} per example); expected precision of "
+            f"the review queue (mean error probability of the most likely flags): {shown}",
+            file=out,
+        )
