@@ -80,6 +80,7 @@ def issue_to_proto(issue: ClassIssue) -> pb.ClassIssue:
         kind=_ISSUE_KIND_TO_PROTO[issue.kind],
         probability=issue.probability,
         threshold=issue.threshold,
+        error_probability=issue.error_probability,
     )
 
 
@@ -97,6 +98,7 @@ def issue_from_proto(msg: pb.ClassIssue) -> ClassIssue:
         kind=kind,
         probability=msg.probability,
         threshold=msg.threshold,
+        error_probability=(msg.error_probability if msg.HasField("error_probability") else None),
     )
 
 
