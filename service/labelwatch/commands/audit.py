@@ -155,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
         progress.done()
         if args.html:
             meta = {"data": str(args.data), "mode": audit.mode, "rule": audit.rule.value}
+            queue = review_queue_line(audit)
+            if queue:
+                meta["review queue"] = queue
             page = report_html.render(
                 data, audit.flags, audit.label_quality, audit.t0, audit.t1, meta
             )
@@ -351,12 +354,21 @@ def print_summary(audit: Audit, out: TextIO) -> None:
         f"rule {audit.rule.value}; {audit.mode}",
         file=out,
     )
+    queue = review_queue_line(audit)
+    if queue:
+        print(queue, file=out)
+
+
+def review_queue_line(audit: Audit) -> str | None:
+    """Flag volume and expected precision@100/@500 of the review queue (None: no error
+    probabilities, or nothing flagged)."""
     n_flags = int(audit.flags.sum())
     at = [(k, review_precision(audit, k)) for k in (100, 500)]
-    if n_flags and all(p is not None for _, p in at):
-        shown = ", ".join(f"@{k} {p:.2f}" for k, p in at)
-        print(
-            f"{n_flags} flagged tags ({n_flags / n:.3f} per example); expected precision of "
-            f"the review queue (mean error probability of the most likely flags): {shown}",
-            file=out,
-        )
+    if not n_flags or any(p is None for _, p in at):
+        return None
+    shown = ", ".join(f"@{k} {p:.2f}" for k, p in at)
+    return (
+        f"{n_flags} flagged tags ({n_flags / audit.data.n_examples:.3f} per example); expected "
+        f"precision of the review queue (mean error probability of the most likely flags): "
+        f"{shown}"
+    )
