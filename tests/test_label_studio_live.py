@@ -42,6 +42,7 @@ from labelwatch.labelstudio.writeback import TaskWriter
 from labelwatch.labelstudio.writequeue import WriteBack, WriteBackQueue
 from labelwatch.metrics import label_studio as ls_metrics
 from labelwatch.outbox import Outbox
+from labelwatch.scoring import FilterBy
 from labelwatch.server import RunningServer
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
@@ -103,6 +104,9 @@ def _ls_server_settings(ls: LabelStudio, tmp: Path) -> dict[str, Any]:
     token_file = tmp / "token"
     token_file.write_text(ls.token)
     return {
+        # the Label Studio mechanics are tested on the rule that flags every confident
+        # disagreement (the default budget rule would keep only the likeliest errors)
+        "filter_by": FilterBy.CONFIDENT_LEARNING,
         "http_port": free_port(),
         "ls_webhook_secret_file": secret_file,
         "ls_writeback_url": ls.url,

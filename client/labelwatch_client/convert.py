@@ -152,6 +152,8 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
             temperature=cal.temperature,
             filter_by=cal.filter_by,
             created_at=cal.created_at,
+            flag_budget=cal.flag_budget,
+            context_tags=cal.context_tags,
             classes=[
                 pb.ClassCalibration(
                     label=c.label,
@@ -187,6 +189,8 @@ def model_info_from_proto(msg: pb.ModelInfo) -> ModelInfo:
             temperature=cal.temperature,
             filter_by=cal.filter_by,
             created_at=cal.created_at,
+            flag_budget=cal.flag_budget,
+            context_tags=cal.context_tags,
             classes=tuple(
                 ClassCalibration(
                     label=c.label,

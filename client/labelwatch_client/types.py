@@ -239,6 +239,8 @@ class CalibrationSummary:
     filter_by: str
     created_at: str
     classes: tuple[ClassCalibration, ...] = ()
+    flag_budget: float = 0.0  # the budget rule's flagged tags per example; 0: another rule
+    context_tags: int = -1  # tag-context model's tags per class; -1: no tag-context model
 
 
 @dataclass(frozen=True)
