@@ -14,7 +14,7 @@ import pytest
 from labelwatch.calibration import calibrate, load_artifact, save_artifact
 from labelwatch.cli import main
 from labelwatch.errors import StartupError
-from labelwatch.flag import Flag, FlagIssue
+from labelwatch.flag_record import Flag, FlagIssue
 from labelwatch.outbox import Outbox
 from labelwatch.scoring import FilterBy, IssueKind, decide
 from labelwatch.server import RunningServer
