@@ -241,7 +241,11 @@ def test_submitted_annotations_are_scored_and_written_back(setup: Setup) -> None
         suggested = ours[0]["result"][0]["value"]["choices"]
         assert want_in is None or want_in in suggested
         assert want_out is None or want_out not in suggested
-        assert ours[0]["score"] == pytest.approx(1 - task["data"]["labelwatch_score"], abs=1e-4)
+        # the review prediction's score: the annotation's highest error probability
+        worst = str(task["data"]["labelwatch_annotation"])
+        chance = task["data"]["labelwatch_annotations"][worst]["error_probability"]
+        assert chance is not None
+        assert ours[0]["score"] == pytest.approx(chance, abs=1e-4)
     third_preds = ls.request("GET", f"/api/predictions/?task={task_ids[2]}")
     assert [p for p in third_preds if p["mislabeling"] > 0] == []
     # Label Studio itself asked the connected ML backend (/predict) for a pre-annotation
