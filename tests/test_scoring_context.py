@@ -279,3 +279,11 @@ def test_ten_thousand_classes_load_and_score(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got.flags, want.flags)
     q = context_probabilities(context, probs[:8], tags[:8])
     np.testing.assert_array_equal(got.flags, error_scores(q, tags[:8]) >= fit.budget.cutoff())
+
+
+def test_too_few_examples_to_cross_fit_score_with_the_model_alone() -> None:
+    probs, tags = implied_tags(6, seed=10)
+    fit, errors = fit_calibration_with_scores(probs, tags, context_tags=2, flag_budget=0.5)
+    assert errors is not None and fit.context is not None
+    np.testing.assert_allclose(errors, error_scores(np.clip(probs, 1e-6, 1 - 1e-6), tags))
+    assert decide(fit, probs, tags, FilterBy.BUDGET).flags.shape == (6, 4)

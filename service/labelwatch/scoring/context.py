@@ -231,11 +231,20 @@ class CrossFit:
     ) -> NDArray[np.float64]:
         """``(N, K)`` q of (possibly altered) ``tags`` of the same N examples, each row by the
         model that did not see it."""
-        q = np.empty(tags.shape, dtype=np.float64)
-        for f, model in enumerate(self.models):
-            rows = self.fold == f
-            q[rows] = context_probabilities(model, probs[rows], tags[rows])
-        return q
+        return _out_of_fold(self.models, self.fold, probs, tags)
+
+
+def _out_of_fold(
+    models: tuple[ContextModel, ...],
+    fold: NDArray[np.int64],
+    probs: NDArray[np.floating],
+    tags: NDArray[np.bool_],
+) -> NDArray[np.float64]:
+    q = np.empty(tags.shape, dtype=np.float64)
+    for f, model in enumerate(models):
+        rows = fold == f
+        q[rows] = context_probabilities(model, probs[rows], tags[rows])
+    return q
 
 
 def fold_of(n: int, folds: int, seed: int = 0) -> NDArray[np.int64]:
@@ -257,17 +266,19 @@ def cross_fit(
 ) -> CrossFit:
     """k-fold cross-fit plus the final model on all ``(N, K)`` examples (deterministic).
 
-    With fewer than ``2 * folds`` examples every fold model is the final model's
-    identity twin (no out-of-sample fit is possible): ``q = p``.
+    With fewer than ``2 * folds`` examples no out-of-sample fit is possible: every example
+    is then scored by the identity model (``q = p``).
     """
     n, k = tags.shape
     final = fit_context(probs, tags, m=m, l2=l2)
+    models: tuple[ContextModel, ...]
     if n < 2 * folds:
-        ident = identity_model(k, final.m)
         fold = np.zeros(n, dtype=np.int64)
-        cf = CrossFit(fold=fold, models=(ident,), final=final, q=np.empty((n, k)))
-        return CrossFit(fold=fold, models=(ident,), final=final, q=cf.out_of_fold(probs, tags))
-    fold = fold_of(n, folds, seed)
-    models = tuple(fit_context(probs[fold != f], tags[fold != f], m=m, l2=l2) for f in range(folds))
-    cf = CrossFit(fold=fold, models=models, final=final, q=np.empty((n, k)))
-    return CrossFit(fold=fold, models=models, final=final, q=cf.out_of_fold(probs, tags))
+        models = (identity_model(k, final.m),)
+    else:
+        fold = fold_of(n, folds, seed)
+        models = tuple(
+            fit_context(probs[fold != f], tags[fold != f], m=m, l2=l2) for f in range(folds)
+        )
+    q = _out_of_fold(models, fold, probs, tags)
+    return CrossFit(fold=fold, models=models, final=final, q=q)
