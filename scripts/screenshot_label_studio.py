@@ -369,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 labelwatch, "serve", "--port", str(free_port()), "--metrics-port", "0",
                 "--http-port", str(http_port), "--data-dir", str(lw_dir),
                 "--ls-writeback-url", ls.url,
+                # every confident disagreement, so each seeded mistake shows up flagged
+                "--filter-by", "confident_learning",
             ]  # fmt: skip
             procs.append(subprocess.Popen(serve, env=env))
             lw_http = f"http://127.0.0.1:{http_port}"

@@ -57,7 +57,7 @@ from sklearn.metrics import average_precision_score, f1_score
 REPO = debtags_data.REPO
 sys.path.insert(0, str(REPO / "service"))
 
-from labelwatch.calibration import calibrate, save_artifact  # noqa: E402
+from labelwatch.calibration import CalibrationArtifact, calibrate, save_artifact  # noqa: E402
 from labelwatch.scoring import FilterBy, Pooling  # noqa: E402
 
 DATA_DIR = REPO / "service" / "labelwatch" / "data"
@@ -265,8 +265,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--filter-by",
         choices=[r.value for r in FilterBy],
-        default=FilterBy.CONFIDENT_LEARNING.value,
+        default=FilterBy.BUDGET.value,
         help="flag rule stored in the artifact, served by default (docs/detection.md)",
+    )
+    parser.add_argument(
+        "--context-tags", type=int, default=16, help="tag-context model: other tags per class"
+    )
+    parser.add_argument(
+        "--flag-budget", type=float, default=0.1, help="default flags per example (budget rule)"
+    )
+    parser.add_argument(
+        "--calibrate-only",
+        action="store_true",
+        help="keep OUT_DIR/default_model.onnx as it is and only re-fit the thresholds artifact "
+        "(its probabilities on the calibration split, onnxruntime with 1 thread)",
     )
     parser.add_argument("--temperature", type=float, default=0.1, help="softmin temperature")
     parser.add_argument("--alpha", type=float, default=0.8, help="EMA alpha")
@@ -286,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metrics-out", type=Path, help="also write the metrics JSON here")
     args = parser.parse_args(argv)
     hp = Hyperparameters(max_features=args.max_features, c=args.c)
+    if args.calibrate_only:
+        return recalibrate(args)
 
     started = time.monotonic()
     data = debtags_data.load(args.dataset)
@@ -326,17 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cal_probs = onnx_probs(session, cal.texts)
     test_probs = onnx_probs(session, test.texts)
-    artifact = calibrate(
-        cal_probs,
-        cal.labels,
-        data.class_names,
-        model_sha256=model_sha,
-        pooling=Pooling(args.pooling),
-        alpha=args.alpha,
-        temperature=args.temperature,
-        filter_by=FilterBy(args.filter_by),
-        now=_created_at(args.dataset),
-    )
+    artifact = fit_artifact(args, cal_probs, cal.labels, data.class_names, model_sha)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     model_path = args.out_dir / "default_model.onnx"
     model_path.write_bytes(model_bytes)
@@ -370,6 +374,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     if args.metrics_out is not None:
         args.metrics_out.write_text(text + "\n")
+    return 0
+
+
+def fit_artifact(
+    args: argparse.Namespace,
+    cal_probs: NDArray[np.float64],
+    cal_labels: NDArray[np.bool_],
+    class_names: Sequence[str],
+    model_sha: str,
+) -> CalibrationArtifact:
+    """The shipped artifact: the chosen rule, pooling and tag context (docs/detection.md)."""
+    return calibrate(
+        cal_probs,
+        cal_labels,
+        class_names,
+        model_sha256=model_sha,
+        pooling=Pooling(args.pooling),
+        alpha=args.alpha,
+        temperature=args.temperature,
+        filter_by=FilterBy(args.filter_by),
+        context_tags=args.context_tags,
+        flag_budget=args.flag_budget,
+        context_quality=True,
+        now=_created_at(args.dataset),
+    )
+
+
+def recalibrate(args: argparse.Namespace) -> int:
+    """``--calibrate-only``: re-fit OUT_DIR/default_thresholds.json for the existing model."""
+    data = debtags_data.load(args.dataset)
+    model_bytes = (args.out_dir / "default_model.onnx").read_bytes()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    cal = data["calibration"]
+    artifact = fit_artifact(
+        args, onnx_probs(session, cal.texts), cal.labels, data.class_names,
+        sha256_bytes(model_bytes),
+    )  # fmt: skip
+    path = args.out_dir / "default_thresholds.json"
+    save_artifact(artifact, path)
+    print(json.dumps({"thresholds": str(path), "sha256": sha256_bytes(path.read_bytes())}))
     return 0
 
 

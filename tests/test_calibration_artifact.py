@@ -19,10 +19,11 @@ from labelwatch.calibration import (
     ArtifactError,
     CalibrationArtifact,
     calibrate,
+    content_sha256,
     load_artifact,
     save_artifact,
 )
-from labelwatch.scoring import FilterBy, Pooling, decide
+from labelwatch.scoring import CLEANLAB_RULES, FilterBy, Pooling, decide
 
 NAMES = ("rock", "jazz", "folk", "drone")
 SHA = "ab" * 32
@@ -41,8 +42,12 @@ def scoring_artifact() -> CalibrationArtifact:
 
 @pytest.fixture()
 def artifact_doc(scoring_artifact: CalibrationArtifact) -> dict[str, Any]:
-    """A fresh, valid JSON document to break."""
-    return json.loads(json.dumps(scoring_artifact.to_json_dict()))  # type: ignore[no-any-return]
+    """A fresh, valid JSON document to break, in schema version 1 (no content hash, so a
+    field can be edited; version 2 documents are checked the same way, then hashed)."""
+    doc: dict[str, Any] = json.loads(json.dumps(scoring_artifact.to_json_dict()))
+    doc["schema_version"] = 1
+    del doc["sha256"], doc["pooling"]["probabilities"]
+    return doc
 
 
 def assert_same_artifact(a: CalibrationArtifact, b: CalibrationArtifact) -> None:
@@ -90,7 +95,7 @@ def test_save_then_load_gives_back_the_same_bits(
     assert np.isnan(loaded.fit.margin_cutoffs[FilterBy.PRUNE_BY_NOISE_RATE.value][3, 1])
     probs = np.random.default_rng(1).random((30, 4))
     tags = probs > 0.5
-    for rule in FilterBy:
+    for rule in CLEANLAB_RULES:
         a = decide(scoring_artifact.fit, probs, tags, rule)
         b = decide(loaded.fit, probs, tags, rule)
         np.testing.assert_array_equal(a.flags, b.flags)
@@ -101,19 +106,21 @@ def test_json_layout(scoring_artifact: CalibrationArtifact, tmp_path: Path) -> N
     path = tmp_path / "thresholds.json"
     save_artifact(scoring_artifact, path)
     doc = json.loads(path.read_text())
-    assert doc["schema_version"] == SCHEMA_VERSION == 1
+    assert doc["schema_version"] == SCHEMA_VERSION == 2
     assert doc["n_classes"] == 4 and doc["class_names"] == list(NAMES)
     assert doc["pooling"] == {
         "method": "exponential_moving_average",
         "alpha": 0.8,
         "temperature": 0.1,
         "class_score": "self_confidence",
+        "probabilities": "model",
     }
+    assert doc["sha256"] == content_sha256(doc)
     assert set(doc["thresholds"]) == {"t0", "t1", "n_pos", "n_neg"}
     assert doc["thresholds"]["t1"][3] == 2.0  # never tagged: unreachable threshold
     assert set(doc["margin_cutoffs"]) == {"prune_by_noise_rate", "prune_by_class", "both"}
     assert doc["margin_cutoffs"]["prune_by_noise_rate"][3][1] is None  # NaN as null
-    assert set(doc["calibration"]["flag_rates"]) == {r.value for r in FilterBy}
+    assert set(doc["calibration"]["flag_rates"]) == {r.value for r in CLEANLAB_RULES}
     assert doc["calibration"]["n_examples"] == 200
     assert doc["created_at"] == "2026-01-02T03:04:05+00:00"
     assert doc["model_sha256"] == SHA
@@ -126,6 +133,7 @@ def test_round_trip_through_dict_is_exact_with_null_score_cutoff(
 ) -> None:
     doc = scoring_artifact.to_json_dict()
     doc["score_cutoff"] = None
+    doc["sha256"] = content_sha256(doc)  # as calibrate would write it
     again = CalibrationArtifact.from_json_dict(json.loads(json.dumps(doc)))
     assert math.isnan(again.fit.score_cutoff)
     assert json.loads(json.dumps(again.to_json_dict()))["score_cutoff"] is None
@@ -185,6 +193,7 @@ def test_load_accepts_an_artifact_without_model_hash(
 ) -> None:
     doc = scoring_artifact.to_json_dict()
     doc["model_sha256"] = None
+    doc["sha256"] = content_sha256(doc)  # as calibrate writes it without --model
     path = tmp_path / "t.json"
     path.write_text(json.dumps(doc))
     assert load_artifact(path, expected_model_sha256=SHA).model_sha256 is None
@@ -230,7 +239,7 @@ def _delete(path: str) -> Mutation:
 
 
 INVALID: list[tuple[str, Mutation, str]] = [
-    ("schema-version-newer", _set("schema_version", 2), "'schema_version' is 2"),
+    ("schema-version-newer", _set("schema_version", 3), "'schema_version' is 3"),
     ("schema-version-missing", _delete("schema_version"), "'schema_version' is missing"),
     ("n-classes-mismatch", _set("n_classes", 5), "'n_classes' is 5"),
     ("class-names-not-list", _set("class_names", "rock"), "'class_names' must be"),
@@ -330,7 +339,7 @@ def test_invalid_field_is_named(
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("rule", list(FilterBy), ids=[r.value for r in FilterBy])
+@pytest.mark.parametrize("rule", list(CLEANLAB_RULES), ids=[r.value for r in CLEANLAB_RULES])
 def test_recorded_filter_by_survives_save_and_load(rule: FilterBy, tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     probs = rng.random((50, 4))

@@ -253,7 +253,7 @@ def test_calibrate_records_filter_by_and_serve_flags_with_it_unless_told_otherwi
     probs, labels = _random(seed=2, n=60)
     calib = ["calibrate", "--data", str(tmp_path / "calib.npz")]
     cl, lsc = str(tmp_path / "cl.json"), str(tmp_path / "lsc.json")
-    assert main([*calib, "--out", cl]) == 0
+    assert main([*calib, "--out", cl, "--filter-by", "confident_learning"]) == 0
     assert main([*calib, "--out", lsc, "--filter-by", "low_self_confidence"]) == 0
     assert "flag rule low_self_confidence" in capsys.readouterr().out
     assert load_artifact(cl).filter_by is FilterBy.CONFIDENT_LEARNING
@@ -313,8 +313,8 @@ def test_audit_with_thresholds_applies_the_online_rule_of_the_artifact(
     args = ["audit", "--data", str(tmp_path / "d.npz"), "--thresholds", t, "--out", str(out)]
     code = main([*args, *(["--filter-by", rule] if rule else [])])
     fit = load_artifact(t).fit
-    try:  # None: the default, confident_learning as in `labelwatch serve`
-        decision = decide(fit, probs, labels, FilterBy(rule or "confident_learning"))
+    try:  # None: the artifact's rule as in `labelwatch serve` (calibrate's default: budget)
+        decision = decide(fit, probs, labels, FilterBy(rule or "budget"))
     except ValueError as exc:  # a rule without an online form: a one-line usage error
         assert code == 2
         assert capsys.readouterr().err == f"labelwatch audit: error: {exc}\n"

@@ -178,6 +178,7 @@ def test_result_json_is_the_audit_format() -> None:
                 "kind": "MISSING",
                 "probability": 0.93,
                 "threshold": 0.71,
+                "error_probability": None,
             },
             {
                 "label": "cat",
@@ -185,6 +186,7 @@ def test_result_json_is_the_audit_format() -> None:
                 "kind": "SPURIOUS",
                 "probability": 0.04,
                 "threshold": 0.3,
+                "error_probability": None,
             },
         ],
         "suggested_labels": ["dog"],

@@ -42,6 +42,7 @@ from labelwatch.labelstudio.writeback import TaskWriter
 from labelwatch.labelstudio.writequeue import WriteBack, WriteBackQueue
 from labelwatch.metrics import label_studio as ls_metrics
 from labelwatch.outbox import Outbox
+from labelwatch.scoring import FilterBy
 from labelwatch.server import RunningServer
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
@@ -103,6 +104,9 @@ def _ls_server_settings(ls: LabelStudio, tmp: Path) -> dict[str, Any]:
     token_file = tmp / "token"
     token_file.write_text(ls.token)
     return {
+        # the Label Studio mechanics are tested on the rule that flags every confident
+        # disagreement (the default budget rule would keep only the likeliest errors)
+        "filter_by": FilterBy.CONFIDENT_LEARNING,
         "http_port": free_port(),
         "ls_webhook_secret_file": secret_file,
         "ls_writeback_url": ls.url,
@@ -237,7 +241,11 @@ def test_submitted_annotations_are_scored_and_written_back(setup: Setup) -> None
         suggested = ours[0]["result"][0]["value"]["choices"]
         assert want_in is None or want_in in suggested
         assert want_out is None or want_out not in suggested
-        assert ours[0]["score"] == pytest.approx(1 - task["data"]["labelwatch_score"], abs=1e-4)
+        # the review prediction's score: the annotation's highest error probability
+        worst = str(task["data"]["labelwatch_annotation"])
+        chance = task["data"]["labelwatch_annotations"][worst]["error_probability"]
+        assert chance is not None
+        assert ours[0]["score"] == pytest.approx(chance, abs=1e-4)
     third_preds = ls.request("GET", f"/api/predictions/?task={task_ids[2]}")
     assert [p for p in third_preds if p["mislabeling"] > 0] == []
     # Label Studio itself asked the connected ML backend (/predict) for a pre-annotation

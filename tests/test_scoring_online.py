@@ -10,6 +10,7 @@ import pytest
 from numpy.typing import NDArray
 
 from labelwatch.scoring import (
+    CLEANLAB_RULES,
     ClassScore,
     FilterBy,
     Pooling,
@@ -68,7 +69,7 @@ def tied_at_cut(
     return tied
 
 
-@pytest.mark.parametrize("rule", list(FilterBy), ids=lambda r: r.value)
+@pytest.mark.parametrize("rule", list(CLEANLAB_RULES), ids=lambda r: r.value)
 def test_decide_on_tie_free_calibration_data_equals_batch(rule: FilterBy) -> None:
     for seed in range(12):
         probs, tags = dataset(seed, n=40 + 20 * seed, k=1 + seed % 7)
@@ -77,7 +78,7 @@ def test_decide_on_tie_free_calibration_data_equals_batch(rule: FilterBy) -> Non
         np.testing.assert_array_equal(online, find_label_issues(probs, tags, filter_by=rule))
 
 
-@pytest.mark.parametrize("rule", list(FilterBy), ids=lambda r: r.value)
+@pytest.mark.parametrize("rule", list(CLEANLAB_RULES), ids=lambda r: r.value)
 def test_decide_differs_from_batch_only_on_ties_at_the_cut(rule: FilterBy) -> None:
     """Probabilities on a 1/16 grid and duplicated rows: many ties. Online and batch
     may then differ, but only on pairs tied with the cut (and never for the per-pair rules)."""
@@ -155,8 +156,8 @@ def test_nan_cutoffs_flag_nothing() -> None:
 def test_flag_rates_are_the_online_rates_on_the_calibration_set() -> None:
     probs, tags = dataset(8, n=250, k=4)
     fit = fit_calibration(probs, tags)
-    assert set(fit.flag_rates) == {r.value for r in FilterBy}
-    for rule in FilterBy:
+    assert set(fit.flag_rates) == {r.value for r in CLEANLAB_RULES}
+    for rule in CLEANLAB_RULES:
         flags = decide(fit, probs, tags, rule).flags
         expected = np.stack([(flags & ~tags).mean(axis=0), (flags & tags).mean(axis=0)], axis=1)
         np.testing.assert_array_equal(fit.flag_rates[rule.value], expected)
@@ -200,7 +201,7 @@ def test_decision_views() -> None:
 def test_decide_accepts_empty_and_single_example_batches() -> None:
     probs, tags = dataset(2, n=80, k=30)  # K above the EMA tail size
     fit = fit_calibration(probs, tags)
-    for rule in FilterBy:
+    for rule in CLEANLAB_RULES:
         empty = decide(fit, np.zeros((0, 30)), np.zeros((0, 30), dtype=bool), rule)
         assert empty.flags.shape == (0, 30) and empty.label_quality.shape == (0,)
         one = decide(fit, probs[:1].astype(np.float32), tags[:1].astype(np.int8), rule)

@@ -13,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 from numpy.typing import NDArray
 
 from labelwatch.scoring import (
+    CLEANLAB_RULES,
     ClassScore,
     FilterBy,
     Pooling,
@@ -112,7 +113,7 @@ def test_permuting_classes_leaves_scores_unchanged(
 
 
 @PROPS
-@given(datasets(), st.sampled_from([r for r in FilterBy if not r.value.startswith("low_")]))
+@given(datasets(), st.sampled_from([r for r in CLEANLAB_RULES if not r.value.startswith("low_")]))
 def test_flags_only_where_the_model_disagrees(
     data: tuple[NDArray[np.float64], NDArray[np.bool_]], rule: FilterBy
 ) -> None:
@@ -151,7 +152,7 @@ def test_thresholds_stay_in_range(data: tuple[NDArray[np.float64], NDArray[np.bo
 
 
 @PROPS
-@given(datasets(), datasets(max_n=8), st.sampled_from(list(FilterBy)))
+@given(datasets(), datasets(max_n=8), st.sampled_from(list(CLEANLAB_RULES)))
 def test_decide_judges_each_example_on_its_own(
     cal: tuple[NDArray[np.float64], NDArray[np.bool_]],
     new: tuple[NDArray[np.float64], NDArray[np.bool_]],

@@ -86,6 +86,7 @@ def test_batches_are_signed_with_hmac_sha256_over_timestamp_and_body(
         "kind": "MISSING",
         "probability": 0.97,
         "threshold": 0.6,
+        "error_probability": None,
     }
     assert h.sample("labelwatch_deliveries_total", sink="webhook", outcome="delivered") == 25
 

@@ -80,6 +80,7 @@ def issue_to_proto(issue: ClassIssue) -> pb.ClassIssue:
         kind=_ISSUE_KIND_TO_PROTO[issue.kind],
         probability=issue.probability,
         threshold=issue.threshold,
+        error_probability=issue.error_probability,
     )
 
 
@@ -97,6 +98,7 @@ def issue_from_proto(msg: pb.ClassIssue) -> ClassIssue:
         kind=kind,
         probability=msg.probability,
         threshold=msg.threshold,
+        error_probability=(msg.error_probability if msg.HasField("error_probability") else None),
     )
 
 
@@ -150,6 +152,8 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
             temperature=cal.temperature,
             filter_by=cal.filter_by,
             created_at=cal.created_at,
+            flag_budget=cal.flag_budget,
+            context_tags=cal.context_tags,
             classes=[
                 pb.ClassCalibration(
                     label=c.label,
@@ -185,6 +189,8 @@ def model_info_from_proto(msg: pb.ModelInfo) -> ModelInfo:
             temperature=cal.temperature,
             filter_by=cal.filter_by,
             created_at=cal.created_at,
+            flag_budget=cal.flag_budget,
+            context_tags=cal.context_tags,
             classes=tuple(
                 ClassCalibration(
                     label=c.label,

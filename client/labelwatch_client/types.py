@@ -124,9 +124,11 @@ class Example:
 class ClassIssue:
     """A suspected problem with one class of one example.
 
-    ``probability`` is the model's p[k]; ``threshold`` is the calibrated
-    threshold on the same scale that was crossed: t1[k] for MISSING (p >= t1),
-    1 - t0[k] for SPURIOUS (p <= 1 - t0).
+    ``probability`` is the model's p[k]; ``threshold`` is the class's calibrated
+    confident threshold on the same scale: t1[k] for MISSING (p >= t1), 1 - t0[k] for
+    SPURIOUS (p <= 1 - t0) (only confident_learning flags exactly when it is crossed).
+    ``error_probability``: the calibrated probability that the tag is wrong, in [0, 1]
+    (``None`` when the server's artifact has no tag-context model).
     """
 
     label: str
@@ -134,6 +136,7 @@ class ClassIssue:
     kind: IssueKind
     probability: float
     threshold: float
+    error_probability: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The audit-format object, e.g. ``{"label": "dog", ..., "kind": "MISSING", ...}``."""
@@ -143,6 +146,7 @@ class ClassIssue:
             "kind": self.kind.value,
             "probability": self.probability,
             "threshold": self.threshold,
+            "error_probability": self.error_probability,
         }
 
     @classmethod
@@ -154,6 +158,9 @@ class ClassIssue:
             kind=IssueKind(obj["kind"]),
             probability=float(obj["probability"]),
             threshold=float(obj["threshold"]),
+            error_probability=(
+                None if obj.get("error_probability") is None else float(obj["error_probability"])
+            ),
         )
 
 
@@ -232,6 +239,8 @@ class CalibrationSummary:
     filter_by: str
     created_at: str
     classes: tuple[ClassCalibration, ...] = ()
+    flag_budget: float = 0.0  # the budget rule's flagged tags per example; 0: another rule
+    context_tags: int = -1  # tag-context model's tags per class; -1: no tag-context model
 
 
 @dataclass(frozen=True)

@@ -3,19 +3,28 @@
 ``labelwatch calibrate`` writes it (:func:`calibrate` + :func:`save_artifact`);
 ``labelwatch serve``/``audit`` read it (:func:`load_artifact`), which validates every
 field and raises :class:`ArtifactError` naming the file and the field. Layout
-(schema version 1; K = ``n_classes``; "pairs" are K ``[missing, spurious]`` lists)::
+(schema version 2; K = ``n_classes``; "pairs" are K ``[missing, spurious]`` lists)::
 
-    {"schema_version": 1, "n_classes": K, "class_names": [K names],
+    {"schema_version": 2, "n_classes": K, "class_names": [K names],
      "epsilon": 1e-06,
      "pooling": {"method": "exponential_moving_average" | "softmin",
-                 "alpha": (0, 1], "temperature": > 0, "class_score": "self_confidence"},
+                 "alpha": (0, 1], "temperature": > 0, "class_score": "self_confidence",
+                 "probabilities": "model" | "context"},  # v2; absent = "model"
      "filter_by": a FilterBy value (optional; absent = "confident_learning"),
      "thresholds": {"t0": [K], "t1": [K], "n_pos": [K ints], "n_neg": [K ints]},
      "margin_cutoffs": {"prune_by_noise_rate": pairs, "prune_by_class": pairs,
                         "both": pairs},
      "score_cutoff": float | null,
      "calibration": {"n_examples": N, "flag_rates": {rule: pairs, ... every rule}},
-     "model_sha256": "64 hex digits" | null, "created_at": "ISO-8601 UTC"}
+     "model_sha256": "64 hex digits" | null, "created_at": "ISO-8601 UTC",
+     "context": ..., "flag_budget": ..., "error_probability": ...,  # optional, together
+     "sha256": "64 hex digits"}
+
+Version 2 adds the tag-context sections (:mod:`labelwatch.context_artifact`; the
+``budget`` rule, ``class_score`` ``context_self_confidence`` and per-flag error
+probabilities need them) and ``sha256``: the hash of the document's canonical JSON
+(keys sorted, no spaces) without that key, so an edited file is refused. Version 1
+files (no sections, no hash) still load and behave exactly as before.
 
 ``filter_by`` is the flag rule the artifact was chosen to be served with; ``labelwatch
 serve`` uses it unless ``--filter-by`` is given. It was added within schema version 1:
@@ -28,6 +37,7 @@ written with ``repr`` precision, so save + load gives back the same bits.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -40,12 +50,24 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from labelwatch.scoring import CalibrationFit, ClassScore, FilterBy, Pooling, Thresholds
+from labelwatch import context_artifact
+from labelwatch.scoring import (
+    CLEANLAB_RULES,
+    CalibrationFit,
+    ClassScore,
+    FilterBy,
+    Pooling,
+    Thresholds,
+)
+from labelwatch.scoring.budget import DEFAULT_BUDGET
 from labelwatch.scoring.online import MARGIN_RULES, fit_calibration
 from labelwatch.scoring.thresholds import EMPTY_SIDE, THRESHOLD_FLOOR, TOLERANCE
 
-SCHEMA_VERSION = 1
-"""Version of the JSON layout this module writes and reads."""
+SCHEMA_VERSION = 2
+"""Version of the JSON layout this module writes."""
+
+READABLE_VERSIONS = (1, 2)
+"""Versions this module reads."""
 
 DEFAULT_FILTER_BY = FilterBy.CONFIDENT_LEARNING
 """The flag rule of an artifact that records none (written before ``filter_by`` existed)."""
@@ -81,7 +103,7 @@ class CalibrationArtifact:
         """The JSON document (plain dicts, lists, floats, ints, strings; NaN as ``None``)."""
         fit = self.fit
         th = fit.thresholds
-        return {
+        doc: dict[str, object] = {
             "schema_version": self.schema_version,
             "n_classes": self.n_classes,
             "class_names": list(self.class_names),
@@ -91,6 +113,7 @@ class CalibrationArtifact:
                 "alpha": fit.alpha,
                 "temperature": fit.temperature,
                 "class_score": fit.method.value,
+                "probabilities": "context" if fit.context_quality else "model",
             },
             "filter_by": self.filter_by.value,
             "thresholds": {
@@ -108,6 +131,11 @@ class CalibrationArtifact:
             "model_sha256": self.model_sha256,
             "created_at": self.created_at,
         }
+        if fit.context is not None and fit.budget is not None and fit.error_calibrator is not None:
+            doc |= context_artifact.to_json(fit.context, fit.budget, fit.error_calibrator)
+        if self.schema_version >= 2:
+            doc["sha256"] = content_sha256(doc)
+        return doc
 
     @classmethod
     def from_json_dict(cls, d: object, *, source: str = "artifact") -> CalibrationArtifact:
@@ -116,6 +144,13 @@ class CalibrationArtifact:
         Raises :class:`ArtifactError` ``"{source}: field '{path}' {problem}"``.
         """
         return _Reader(source).artifact(d)
+
+
+def content_sha256(doc: Mapping[str, object]) -> str:
+    """sha256 hex of ``doc``'s canonical JSON (sorted keys, no spaces), ``sha256`` key left out."""
+    body = {key: value for key, value in doc.items() if key != "sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _pairs(a: NDArray[np.float64]) -> list[list[float | None]]:
@@ -219,9 +254,11 @@ class _Reader:
         if not isinstance(d, Mapping):
             raise ArtifactError(f"{self.source}: the top level must be a JSON object")
         version = self.get(d, "schema_version", "schema_version")
-        if version != SCHEMA_VERSION:
+        if isinstance(version, bool) or version not in READABLE_VERSIONS:
             raise self.fail(
-                "schema_version", f"is {version!r}; this labelwatch reads version {SCHEMA_VERSION}"
+                "schema_version",
+                f"is {version!r}; this labelwatch reads versions "
+                + ", ".join(str(v) for v in READABLE_VERSIONS),
             )
         names = self.class_names(self.get(d, "class_names", "class_names"))
         k = len(names)
@@ -230,13 +267,13 @@ class _Reader:
         epsilon = self.number(self.get(d, "epsilon", "epsilon"), "epsilon", 0.0, 1.0)
         if epsilon != TOLERANCE:
             raise self.fail("epsilon", f"must be {TOLERANCE!r} (the rules' fixed margin)")
-        fit = self.fit(d, k)
+        fit = self.fit(d, k, version)
         sha = d.get("model_sha256")
         if sha is not None and (
             not isinstance(sha, str) or len(sha) != 64 or set(sha) - set("0123456789abcdef")
         ):
             raise self.fail("model_sha256", f"must be null or 64 lowercase hex digits, got {sha!r}")
-        return CalibrationArtifact(
+        artifact = CalibrationArtifact(
             fit=fit,
             class_names=names,
             model_sha256=sha,
@@ -245,8 +282,44 @@ class _Reader:
                 self.enum_value(d.get("filter_by", DEFAULT_FILTER_BY.value), "filter_by", FilterBy)
             ),
             epsilon=epsilon,
-            schema_version=SCHEMA_VERSION,
+            schema_version=int(version),
         )
+        if artifact.filter_by is FilterBy.BUDGET and fit.context is None:
+            raise self.fail("filter_by", "is 'budget', which needs the 'context' section")
+        if version >= 2:  # after the fields: a broken field gets its own precise message
+            self.check_sha256(d)
+        return artifact
+
+    def check_sha256(self, d: Mapping[str, object]) -> None:
+        stored = self.get(d, "sha256", "sha256")
+        if not isinstance(stored, str) or len(stored) != 64:
+            raise self.fail("sha256", "must be 64 lowercase hex digits")
+        try:
+            actual = content_sha256(d)
+        except (TypeError, ValueError) as exc:  # NaN or a non-JSON value somewhere
+            raise self.fail("sha256", f"cannot be checked: {exc}") from None
+        if actual != stored:
+            raise self.fail(
+                "sha256",
+                "does not match the content: the file was edited or damaged after "
+                "`labelwatch calibrate` wrote it (re-run calibrate)",
+            )
+
+    def sections(self, d: Mapping[str, object], k: int, version: int) -> dict[str, object]:
+        """The tag-context sections as :class:`CalibrationFit` fields (empty: none)."""
+        present = [key for key in context_artifact.SECTIONS if d.get(key) is not None]
+        if not present:
+            return {}
+        if version < 2:
+            raise self.fail(present[0], "needs schema_version 2")
+        for key in context_artifact.SECTIONS:
+            if key not in present:
+                raise self.fail(key, f"is missing (it comes with {present[0]!r})")
+        return {
+            "context": context_artifact.read_context(d["context"], k, self.fail),
+            "budget": context_artifact.read_budget(d["flag_budget"], k, self.fail),
+            "error_calibrator": context_artifact.read_calibrator(d["error_probability"], self.fail),
+        }
 
     def class_names(self, names: object) -> tuple[str, ...]:
         if not isinstance(names, list) or not names:
@@ -272,7 +345,7 @@ class _Reader:
             raise self.fail("created_at", f"must be in UTC (offset +00:00), got {value!r}")
         return value
 
-    def fit(self, d: Mapping[str, object], k: int) -> CalibrationFit:
+    def fit(self, d: Mapping[str, object], k: int, version: int) -> CalibrationFit:
         pooling_d = self.get(d, "pooling", "pooling")
         method = self.enum_value(
             self.get(pooling_d, "method", "pooling.method"), "pooling.method", Pooling
@@ -299,6 +372,14 @@ class _Reader:
         rates = self.get(cal_d, "flag_rates", "calibration.flag_rates")
         cutoffs = self.get(d, "margin_cutoffs", "margin_cutoffs")
         score_cutoff = self.get(d, "score_cutoff", "score_cutoff")
+        extra = self.sections(d, k, version)
+        source = pooling_d.get("probabilities", "model") if isinstance(pooling_d, Mapping) else None
+        if source not in ("model", "context"):
+            raise self.fail("pooling.probabilities", f"must be model or context, got {source!r}")
+        if source == "context" and not extra:
+            raise self.fail(
+                "pooling.probabilities", "is 'context' but there is no 'context' section"
+            )
         return CalibrationFit(
             thresholds=Thresholds(t0=t0, t1=t1, n_pos=n_pos, n_neg=n_neg),
             margin_cutoffs=self.rule_map(
@@ -316,9 +397,16 @@ class _Reader:
             ),
             n_examples=n,
             flag_rates=self.rule_map(
-                rates, "calibration.flag_rates", tuple(FilterBy), k, lo=0.0, hi=1.0
+                rates,
+                "calibration.flag_rates",
+                tuple(FilterBy) if extra else CLEANLAB_RULES,
+                k,
+                lo=0.0,
+                hi=1.0,
             ),
             method=ClassScore(class_score),
+            context_quality=source == "context",
+            **extra,  # type: ignore[arg-type]
         )
 
 
@@ -332,17 +420,36 @@ def calibrate(
     alpha: float = 0.8,
     temperature: float = 0.1,
     filter_by: FilterBy = DEFAULT_FILTER_BY,
+    method: ClassScore = ClassScore.SELF_CONFIDENCE,
+    context_tags: int | None = None,
+    flag_budget: float = DEFAULT_BUDGET,
+    context_quality: bool = False,
     now: datetime | None = None,
 ) -> CalibrationArtifact:
     """Fit the artifact on held-out ``(N, K)`` probabilities and bool tags.
 
     ``class_names``: K names; ``model_sha256``: the model file's hash (ties the
-    artifact to it); ``filter_by``: the flag rule recorded for serving; ``now``: the
+    artifact to it); ``filter_by``: the flag rule recorded for serving; ``method``: the
+    per-class score pooled into label quality; ``context_tags``: m context tags per
+    class for the tag-context model (``None``: none, so no ``budget`` rule and no error
+    probabilities); ``flag_budget``: the budget served by default; ``context_quality``:
+    label quality pooled from the tag-context probabilities; ``now``: the
     creation time (default: the current UTC time).
     Raises :class:`ArtifactError` when the result would not load back (bad class
-    names, alpha outside (0, 1], ...), ``ValueError`` for empty data.
+    names, alpha outside (0, 1], ...), ``ValueError`` for empty data or a budget
+    outside (0, K].
     """
-    fit = fit_calibration(pred_probs, labels, pooling=pooling, alpha=alpha, temperature=temperature)
+    fit = fit_calibration(
+        pred_probs,
+        labels,
+        pooling=pooling,
+        alpha=alpha,
+        temperature=temperature,
+        method=method,
+        context_tags=context_tags,
+        flag_budget=flag_budget,
+        context_quality=context_quality,
+    )
     k = fit.thresholds.t0.shape[0]
     if len(class_names) != k:
         raise ArtifactError(

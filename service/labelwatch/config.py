@@ -95,6 +95,16 @@ class Settings:
             "artifact that records none",
         },
     )
+    # None: the artifact's default budget (budget rule only)
+    flag_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "for the budget rule: flagged (example, tag) pairs per example to aim at, "
+            "on data like the calibration set, in (0, number of classes]; the one knob for "
+            "the review volume (docs/detection.md).",
+            "default_shown": "the artifact's flag_budget.default (0.1 for the default model)",
+        },
+    )
     threads: int = field(
         default=32, metadata={"help": "gRPC handler threads per process (concurrent calls)."}
     )

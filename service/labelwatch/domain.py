@@ -55,7 +55,9 @@ class ScoredBatch:
     """Pipeline output for a batch of ``n`` examples over ``K`` classes.
 
     ``probabilities`` ``(n, K)`` float64; ``flags``/``labels`` ``(n, K)`` bool;
-    ``label_quality`` ``(n,)`` float64; ``t0``/``t1`` ``(K,)`` thresholds.
+    ``label_quality`` ``(n,)`` float64; ``t0``/``t1`` ``(K,)`` thresholds;
+    ``error_probability`` ``(n, K)`` float64 (NaN where not flagged) or ``None`` when the
+    artifact has no tag-context model.
     """
 
     examples: tuple[LabeledExample, ...]
@@ -66,6 +68,7 @@ class ScoredBatch:
     t0: NDArray[np.float64]
     t1: NDArray[np.float64]
     model_version: str
+    error_probability: NDArray[np.float64] | None = None
 
     def slice(self, start: int, stop: int) -> ScoredBatch:
         """Examples ``[start, stop)`` of this batch (arrays are views, not copies)."""
@@ -78,4 +81,7 @@ class ScoredBatch:
             t0=self.t0,
             t1=self.t1,
             model_version=self.model_version,
+            error_probability=(
+                None if self.error_probability is None else self.error_probability[start:stop]
+            ),
         )

@@ -44,13 +44,18 @@ def dedupe_key(example_id: str, model_version: str, labels: Sequence[str]) -> st
 
 @dataclass(frozen=True)
 class FlagIssue:
-    """One suspected problem with one class: MISSING (p >= threshold) or SPURIOUS (p <= it)."""
+    """One suspected problem with one class: MISSING (should be tagged) or SPURIOUS (should not).
+
+    ``threshold``: the class's confident threshold on the p scale; ``error_probability``:
+    the calibrated probability that the tag is wrong (``None``: no tag-context model).
+    """
 
     label: str
     class_index: int
     kind: IssueKind
     probability: float
     threshold: float
+    error_probability: float | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class Flag:
                     "kind": i.kind.value,
                     "probability": i.probability,
                     "threshold": i.threshold,
+                    "error_probability": i.error_probability,
                 }
                 for i in self.issues
             ],
@@ -129,6 +135,11 @@ class Flag:
                     kind=IssueKind(i["kind"]),
                     probability=float(i["probability"]),
                     threshold=float(i["threshold"]),
+                    error_probability=(
+                        None
+                        if i.get("error_probability") is None
+                        else float(i["error_probability"])
+                    ),
                 )
                 for i in data["issues"]
             ),
@@ -181,6 +192,7 @@ def flags_from_batch(
         ex = batch.examples[i]
         given = tuple(class_names[int(k)] for k in np.flatnonzero(batch.labels[i]))
         suggested = batch.labels[i] ^ batch.flags[i]
+        chance = None if batch.error_probability is None else batch.error_probability[i]
         issues = []
         for k in map(int, np.flatnonzero(batch.flags[i])):
             missing = not bool(batch.labels[i, k])
@@ -191,6 +203,7 @@ def flags_from_batch(
                     kind=IssueKind.MISSING if missing else IssueKind.SPURIOUS,
                     probability=float(batch.probabilities[i, k]),
                     threshold=float(batch.t1[k]) if missing else 1.0 - float(batch.t0[k]),
+                    error_probability=None if chance is None else float(chance[k]),
                 )
             )
         out.append(

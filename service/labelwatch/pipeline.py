@@ -68,12 +68,14 @@ class Pipeline:
         model_version: str,
         metrics: Metrics,
         outbox: Outbox | None = None,
+        flag_budget: float | None = None,
     ) -> None:
         if model is not None:
             check_model_matches_artifact(model, artifact)
         self.model = model
         self.artifact = artifact
         self.filter_by = filter_by
+        self.flag_budget = flag_budget
         self.model_version = model_version
         self.metrics = metrics
         self.outbox = outbox
@@ -124,7 +126,9 @@ class Pipeline:
             else np.zeros((0, k), dtype=np.bool_)
         )
         started = time.perf_counter()
-        decision = decide(self.artifact.fit, probs, labels, self.filter_by)
+        decision = decide(
+            self.artifact.fit, probs, labels, self.filter_by, flag_budget=self.flag_budget
+        )
         self.metrics.scoring_seconds.observe(time.perf_counter() - started)
         return ScoredBatch(
             examples=tuple(examples),
@@ -135,6 +139,7 @@ class Pipeline:
             t0=self.artifact.fit.thresholds.t0,
             t1=self.artifact.fit.thresholds.t1,
             model_version=self.model_version,
+            error_probability=decision.error_probability,
         )
 
     def record(self, batches: Sequence[ScoredBatch]) -> None:

@@ -14,8 +14,10 @@ from types import FrameType
 from wsgiref.simple_server import WSGIServer
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, start_http_server
 
 from labelwatch import __version__, default_model
@@ -37,6 +39,8 @@ from labelwatch.model import OnnxModel, SessionSettings, file_sha256
 from labelwatch.outbox import Outbox
 from labelwatch.pipeline import Pipeline
 from labelwatch.portcheck import bind_problem
+from labelwatch.scoring import FilterBy
+from labelwatch.scoring.budget import check_budget
 from labelwatch.security.layer import SecurityLayer, build_security
 from labelwatch_proto.labelwatch.v1 import flags_pb2_grpc
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
@@ -115,15 +119,58 @@ def load_pipeline(
         version = f"{model.name}-{model.sha256[:12]}"
     else:
         version = f"probabilities-{file_sha256(settings.thresholds)[:12]}"
-    return Pipeline(
+    # an explicit --filter-by wins over the rule the artifact records
+    rule = settings.filter_by or artifact.filter_by
+    budget = served_budget(settings, artifact, rule)
+    pipeline = Pipeline(
         model=model,
         artifact=artifact,
-        # an explicit --filter-by wins over the rule the artifact records
-        filter_by=settings.filter_by or artifact.filter_by,
+        filter_by=rule,
         model_version=version,
         metrics=metrics,
         outbox=outbox,
+        flag_budget=budget,
     )
+    if budget is not None:
+        metrics.flag_budget.set(budget)
+    return pipeline
+
+
+def served_budget(
+    settings: Settings, artifact: CalibrationArtifact, rule: FilterBy
+) -> float | None:
+    """The flag budget to serve (``None``: not the budget rule); one-line StartupErrors."""
+    fit = artifact.fit
+    if rule is not FilterBy.BUDGET:
+        if settings.flag_budget is not None:
+            raise StartupError(
+                f"--flag-budget applies to the budget rule only; the served rule is {rule.value}"
+            )
+        return None
+    if fit.budget is None:
+        raise StartupError(
+            f"--filter-by budget needs a calibration artifact with a tag-context model, and "
+            f"{settings.thresholds} has none; re-run `labelwatch calibrate` without --no-context"
+        )
+    if settings.flag_budget is None:
+        return fit.budget.default
+    try:
+        return check_budget(settings.flag_budget, artifact.n_classes)
+    except ValueError as exc:
+        raise StartupError(f"--flag-budget: {exc}") from None
+
+
+def calibration_rates(pipeline: Pipeline) -> NDArray[np.float64] | None:
+    """The drift baseline: calibration flag rates of the served rule, ``(K, 2)`` or None.
+
+    Under the budget rule served at another budget than the artifact's default, the
+    rates are scaled by the ratio of the two (the volume moves with the budget).
+    """
+    fit = pipeline.artifact.fit
+    rates = fit.flag_rates.get(pipeline.filter_by.value)
+    if rates is None or pipeline.flag_budget is None or fit.budget is None:
+        return rates
+    return rates * (pipeline.flag_budget / fit.budget.default)
 
 
 def model_info(pipeline: Pipeline) -> pb.ModelInfo:
@@ -148,6 +195,8 @@ def model_info(pipeline: Pipeline) -> pb.ModelInfo:
             temperature=fit.temperature,
             filter_by=pipeline.filter_by.value,
             created_at=artifact.created_at,
+            flag_budget=pipeline.flag_budget or 0.0,
+            context_tags=-1 if fit.context is None else fit.context.m,
         ),
     )
     th = fit.thresholds
@@ -214,10 +263,7 @@ def start(
     metrics.build_info.labels(__version__).set(1)
     info = model_info(pipeline)
     metrics.model_info.labels(info.name, info.version, info.sha256).set(1)
-    metrics.set_calibration(
-        pipeline.artifact.class_names,
-        pipeline.artifact.fit.flag_rates.get(pipeline.filter_by.value),
-    )
+    metrics.set_calibration(pipeline.artifact.class_names, calibration_rates(pipeline))
 
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),

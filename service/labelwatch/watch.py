@@ -43,18 +43,25 @@ class WatchFilter:
     kinds: frozenset[IssueKind] = frozenset()
     max_label_quality: float | None = None
     annotator_ids: frozenset[str] = frozenset()
+    min_error_probability: float | None = None
 
     def matches(self, flag: Flag) -> bool:
-        """Whether ``flag`` passes every filter that is set."""
+        """Whether ``flag`` passes every filter that is set.
+
+        ``classes``, ``kinds`` and ``min_error_probability`` must all hold for one issue;
+        an issue without an error probability counts as 0.
+        """
         if self.max_label_quality is not None and flag.label_quality > self.max_label_quality:
             return False
         if self.annotator_ids and flag.annotator_id not in self.annotator_ids:
             return False
-        if not self.classes and not self.kinds:
+        least = self.min_error_probability
+        if not self.classes and not self.kinds and not least:
             return True
         return any(
             (not self.classes or issue.label in self.classes)
             and (not self.kinds or issue.kind in self.kinds)
+            and (not least or (issue.error_probability or 0.0) >= least)
             for issue in flag.issues
         )
 

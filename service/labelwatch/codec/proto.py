@@ -75,6 +75,7 @@ def response_from_batch(
     response = pb.ScoreResponse()
     missing = batch.flags & ~batch.labels
     suggested = batch.labels ^ batch.flags
+    error_probability = batch.error_probability
     for i, ex in enumerate(batch.examples):
         result = response.results.add(
             id=ex.id,
@@ -90,6 +91,9 @@ def response_from_batch(
                 kind=pb.ISSUE_KIND_MISSING if is_missing else pb.ISSUE_KIND_SPURIOUS,
                 probability=float(batch.probabilities[i, k]),
                 threshold=float(batch.t1[k]) if is_missing else 1.0 - float(batch.t0[k]),
+                error_probability=(
+                    None if error_probability is None else float(error_probability[i, k])
+                ),
             )
         result.suggested_labels.extend(class_names[int(k)] for k in np.flatnonzero(suggested[i]))
         if include_probabilities:

@@ -23,14 +23,19 @@ from labelwatch.commands._offline import (
     pooling_name,
     pooling_settings,
 )
+from labelwatch.commands.calibrate import check_budget_flag
 from labelwatch.scoring import (
     FilterBy,
+    Pooling,
     decide,
     find_label_issues,
     fit_thresholds,
     label_quality_scores,
 )
+from labelwatch.scoring.budget import DEFAULT_BUDGET
+from labelwatch.scoring.context import DEFAULT_CONTEXT_TAGS
 from labelwatch.scoring.cutoffs import Basis, Cutoffs, batch_cutoffs, online_cutoffs
+from labelwatch.scoring.online import decide_cross_fitted, fit_calibration_with_scores
 
 BATCH_DEFAULT_RULE = FilterBy.PRUNE_BY_NOISE_RATE  # cleanlab's default
 
@@ -103,6 +108,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"flag rule, one of: {', '.join(rule.value for rule in FilterBy)} (default "
         f"{BATCH_DEFAULT_RULE.value}, or the artifact's rule with --thresholds).",
     )
+    parser.add_argument(
+        "--flag-budget",
+        type=float,
+        default=None,
+        metavar="R",
+        help="for the budget rule: flagged (example, tag) pairs per example (default: the "
+        f"artifact's, or {DEFAULT_BUDGET} without --thresholds, where the tag-context model "
+        "is cross-fitted on DATA itself).",
+    )
     add_pooling_arguments(parser, defaults_shown="without --thresholds ")
     add_class_names_argument(parser)
     parser.add_argument("--out", required=True, type=Path, help="JSONL report to write.")
@@ -128,6 +142,7 @@ class Audit:
     rule: FilterBy
     mode: str
     cutoffs: Cutoffs
+    error_probability: NDArray[np.float64] | None = None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
         progress.done()
         if args.html:
             meta = {"data": str(args.data), "mode": audit.mode, "rule": audit.rule.value}
+            queue = review_queue_line(audit)
+            if queue:
+                meta["review queue"] = queue
             page = report_html.render(
                 data, audit.flags, audit.label_quality, audit.t0, audit.t1, meta, audit.cutoffs
             )
@@ -183,9 +201,14 @@ def score(
     data: datasets.LabeledData, args: argparse.Namespace, artifact: CalibrationArtifact | None
 ) -> Audit:
     """Flags and scores for ``data``: batch (cleanlab) mode, or online with ``artifact``."""
+    budget = getattr(args, "flag_budget", None)
     if artifact is None:
         rule = FilterBy(args.filter_by or BATCH_DEFAULT_RULE)
         pooling, alpha, temperature = pooling_settings(args)
+        if rule is FilterBy.BUDGET:
+            return _batch_budget(data, budget, pooling, alpha, temperature)
+        if budget is not None:
+            raise ValueError("--flag-budget applies to the budget rule only (--filter-by budget)")
         thresholds = fit_thresholds(data.pred_probs, data.labels)
         flags = find_label_issues(data.pred_probs, data.labels, filter_by=rule)
         quality = label_quality_scores(
@@ -202,7 +225,11 @@ def score(
             )
     rule = FilterBy(args.filter_by) if args.filter_by else artifact.filter_by
     fit = artifact.fit
-    decision = decide(fit, data.pred_probs, data.labels, rule)
+    if budget is not None:
+        if rule is not FilterBy.BUDGET:
+            raise ValueError("--flag-budget applies to the budget rule only (--filter-by budget)")
+        check_budget_flag(budget, data.n_classes)
+    decision = decide(fit, data.pred_probs, data.labels, rule, flag_budget=budget)
     mode = f"online, thresholds from {args.thresholds}, pooling {pooling_name(fit.pooling)}"
     return Audit(
         data,
@@ -213,7 +240,59 @@ def score(
         rule,
         mode,
         online_cutoffs(fit, data.pred_probs, data.labels, rule),
+        decision.error_probability,
     )
+
+
+def _batch_budget(
+    data: datasets.LabeledData,
+    budget: float | None,
+    pooling: Pooling,
+    alpha: float,
+    temperature: float,
+) -> Audit:
+    """The budget rule on DATA alone: every example judged by models cross-fitted without it."""
+    chosen = check_budget_flag(DEFAULT_BUDGET if budget is None else budget, data.n_classes)
+    fit, errors = fit_calibration_with_scores(
+        data.pred_probs,
+        data.labels,
+        pooling=pooling,
+        alpha=alpha,
+        temperature=temperature,
+        context_tags=DEFAULT_CONTEXT_TAGS,
+        flag_budget=chosen,
+        context_quality=True,
+    )
+    assert errors is not None
+    decision = decide_cross_fitted(fit, errors, data.labels)
+    th = fit.thresholds
+    mode = (
+        f"batch, tag context cross-fitted on DATA, budget {chosen:g}, "
+        f"pooling {pooling_name(pooling)}"
+    )
+    return Audit(
+        data,
+        decision.flags,
+        decision.label_quality,
+        th.t0,
+        th.t1,
+        FilterBy.BUDGET,
+        mode,
+        batch_cutoffs(data.pred_probs, data.labels, FilterBy.BUDGET),
+        decision.error_probability,
+    )
+
+
+def review_precision(audit: Audit, k: int) -> float | None:
+    """Expected precision of the first ``k`` flags in review order: the mean error
+    probability of the ``k`` flagged tags most likely wrong (``None``: no probabilities)."""
+    if audit.error_probability is None:
+        return None
+    values = audit.error_probability[audit.flags]
+    if values.size == 0:
+        return None
+    top = np.sort(values)[::-1][:k]
+    return float(top.mean())
 
 
 def issues_of(audit: Audit, i: int) -> list[dict[str, object]]:
@@ -230,6 +309,9 @@ def issues_of(audit: Audit, i: int) -> list[dict[str, object]]:
             "probability": float(data.pred_probs[i, k]),
             "threshold": None,
             "decided_by": cutoffs.basis.value,
+            "error_probability": (
+                None if audit.error_probability is None else float(audit.error_probability[i, k])
+            ),
         }
         if cutoffs.basis is Basis.EXAMPLE_SCORE:
             assert cutoffs.scores is not None
@@ -292,4 +374,22 @@ def print_summary(audit: Audit, out: TextIO) -> None:
         f"{n} examples, {n_issue} with an issue ({100 * n_issue / n:.2f}%); "
         f"rule {audit.rule.value}; {audit.mode}",
         file=out,
+    )
+    queue = review_queue_line(audit)
+    if queue:
+        print(queue, file=out)
+
+
+def review_queue_line(audit: Audit) -> str | None:
+    """Flag volume and expected precision@100/@500 of the review queue (None: no error
+    probabilities, or nothing flagged)."""
+    n_flags = int(audit.flags.sum())
+    at = [(k, review_precision(audit, k)) for k in (100, 500)]
+    if not n_flags or any(p is None for _, p in at):
+        return None
+    shown = ", ".join(f"@{k} {p:.2f}" for k, p in at)
+    return (
+        f"{n_flags} flagged tags ({n_flags / audit.data.n_examples:.3f} per example); expected "
+        f"precision of the review queue (mean error probability of the most likely flags): "
+        f"{shown}"
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from labelwatch import datasets
-from labelwatch.calibration import DEFAULT_FILTER_BY, ArtifactError, calibrate, save_artifact
+from labelwatch.calibration import ArtifactError, calibrate, save_artifact
 from labelwatch.commands._offline import (
     DATA_HELP,
     add_class_names_argument,
@@ -20,6 +20,8 @@ from labelwatch.commands._offline import (
     pooling_settings,
 )
 from labelwatch.scoring import FilterBy
+from labelwatch.scoring.budget import DEFAULT_BUDGET, check_budget
+from labelwatch.scoring.context import DEFAULT_CONTEXT_TAGS
 
 _CHUNK = 1 << 20  # bytes read at a time when hashing the model
 
@@ -30,8 +32,16 @@ calibration statistics) that `labelwatch serve` and `labelwatch audit
 
 DATA must hold held-out predictions: probabilities from a model that did not
 train on these examples (a validation split, or cross-validation), with the
-tags the annotators gave. With --model, the sha256 of that ONNX file is stored
-in the artifact and `labelwatch serve` refuses any other model with it.
+tags the annotators gave.
+
+By default it also cross-fits the tag-context model (per class, a logistic
+regression on logit(p) and the M most informative other tags), the flag budget
+curve (the `budget` rule: --flag-budget flagged tags per example on data like
+DATA) and the calibrated error probability of every flag; --no-context leaves
+them out (cleanlab's rules only, no error probabilities).
+
+With --model, the sha256 of that ONNX file is stored in the artifact and
+`labelwatch serve` refuses any other model with it.
 Exit status: 0 done, 2 bad arguments or data (one-line message on stderr),
 1 the artifact cannot be written.
 
@@ -62,13 +72,54 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--filter-by",
         choices=[rule.value for rule in FilterBy],
-        default=DEFAULT_FILTER_BY.value,
+        default=None,
         help="flag rule recorded in the artifact: `labelwatch serve` flags tags with it "
         "unless its own --filter-by is given; docs/detection.md compares the rules "
-        f"(default {DEFAULT_FILTER_BY.value}).",
+        f"(default {FilterBy.BUDGET.value}, or {FilterBy.CONFIDENT_LEARNING.value} "
+        "with --no-context).",
+    )
+    parser.add_argument(
+        "--flag-budget",
+        type=float,
+        default=DEFAULT_BUDGET,
+        metavar="R",
+        help="flagged (example, tag) pairs per example that the budget rule aims at on data "
+        f"like DATA, in (0, number of classes] (default {DEFAULT_BUDGET}; serve, consume and "
+        "audit can override it).",
+    )
+    parser.add_argument(
+        "--context-tags",
+        type=int,
+        default=DEFAULT_CONTEXT_TAGS,
+        metavar="M",
+        help="other tags per class the tag-context model looks at, >= 0 (default "
+        f"{DEFAULT_CONTEXT_TAGS}; 0: the model's probability alone, recalibrated per class).",
+    )
+    parser.add_argument(
+        "--no-context",
+        action="store_true",
+        help="fit no tag-context model: no budget rule, no error probabilities, label "
+        "quality from the model's probabilities (an artifact older labelwatch versions "
+        "would also serve the same way).",
+    )
+    parser.add_argument(
+        "--label-quality-from",
+        choices=("context", "model"),
+        default=None,
+        help="probabilities the label-quality score pools: the tag-context model's "
+        "(default with context) or the model's own (cleanlab's score; default with "
+        "--no-context).",
     )
     add_class_names_argument(parser)
     parser.set_defaults(func=run)
+
+
+def check_budget_flag(budget: float, n_classes: int) -> float:
+    """``budget`` if in (0, K], else ``ValueError`` naming ``--flag-budget``."""
+    try:
+        return check_budget(budget, n_classes)
+    except ValueError as exc:
+        raise ValueError(f"--flag-budget: {exc}") from None
 
 
 def file_sha256(path: Path) -> str:
@@ -92,6 +143,18 @@ def run(args: argparse.Namespace) -> int:
                 sha = file_sha256(args.model)
             except OSError as exc:
                 raise ValueError(f"--model {args.model}: cannot read ({exc.strerror})") from exc
+        context = None if args.no_context else args.context_tags
+        if context is not None and context < 0:
+            raise ValueError(f"--context-tags must be >= 0, got {context}")
+        source = args.label_quality_from or ("model" if context is None else "context")
+        default_rule = FilterBy.CONFIDENT_LEARNING if context is None else FilterBy.BUDGET
+        rule = FilterBy(args.filter_by) if args.filter_by else default_rule
+        if context is None and (rule is FilterBy.BUDGET or source == "context"):
+            raise ValueError(
+                "--no-context leaves out the tag-context model that --filter-by budget and "
+                "--label-quality-from context need"
+            )
+        check_budget_flag(args.flag_budget, data.n_classes)
         artifact = calibrate(
             data.pred_probs,
             data.labels,
@@ -100,7 +163,10 @@ def run(args: argparse.Namespace) -> int:
             pooling=pooling,
             alpha=alpha,
             temperature=temperature,
-            filter_by=FilterBy(args.filter_by),
+            filter_by=rule,
+            context_tags=context,
+            flag_budget=args.flag_budget,
+            context_quality=source == "context",
         )
     except (ArtifactError, ValueError) as exc:  # DataError is a ValueError
         return fail("calibrate", str(exc))
@@ -125,6 +191,13 @@ def run(args: argparse.Namespace) -> int:
                 f"warning: {len(empty)} classes are {what} in DATA ({side} = 2.0, unreachable: "
                 f"confident_learning never flags them {kind}): {shown}"
             )
+    if fit.context is not None and fit.budget is not None:
+        print(
+            f"tag context: {fit.context.m} tags per class, cross-fitted; flag budget "
+            f"{fit.budget.default:g} per example (error-score cut-off "
+            f"{fit.budget.cutoff():.4f}); label quality from "
+            f"{'the tag-context model' if fit.context_quality else 'the model'}"
+        )
     print(f"model sha256: {sha}" if sha else "model sha256: not recorded (no --model)")
     print(f"wrote {args.out}")
     sys.stdout.flush()

@@ -105,7 +105,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status.add_argument("--check", action="store_true", help="also run SQLite's integrity check.")
     status.set_defaults(func=functools.partial(_run, _do_status))
 
-    listing = actions.add_parser("list", parents=[common], help="list flags, oldest first")
+    listing = actions.add_parser(
+        "list",
+        parents=[common],
+        help="list flags, most likely errors first",
+        description="List stored flags. --order review (the default) shows the flags most "
+        "likely to be real errors first: by the highest error_probability of their issues, "
+        "then by label quality (lowest first), then oldest first; --order position lists "
+        "them oldest first.",
+    )
     listing.add_argument("--after", type=int, default=0, metavar="POS", help="positions > POS.")
     listing.add_argument(
         "--since", type=parse_time, default=None, metavar="TIME", help="ISO time or age (2h)."
@@ -114,6 +122,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--pending-for", default=None, metavar="SINK", help="only flags SINK has not delivered."
     )
     listing.add_argument("--limit", type=int, default=50, help="most flags shown (default 50).")
+    listing.add_argument(
+        "--order",
+        choices=("review", "position"),
+        default="review",
+        help="review: most likely errors first (default); position: oldest first.",
+    )
+    listing.add_argument(
+        "--scan",
+        type=int,
+        default=REVIEW_SCAN,
+        metavar="N",
+        help=f"--order review ranks the first N matching flags (default {REVIEW_SCAN}).",
+    )
     listing.add_argument("--json", action="store_true", help="one flag JSON object a line.")
     listing.set_defaults(func=functools.partial(_run, _do_list))
 
@@ -196,10 +217,33 @@ def _do_status(outbox: Outbox, args: argparse.Namespace) -> int:
     return 0
 
 
+REVIEW_SCAN = 100_000
+"""Flags ranked by ``flags list --order review`` unless ``--scan`` says otherwise."""
+
+
+def error_probability(flag: Flag) -> float | None:
+    """The highest error probability of ``flag``'s issues (``None``: none has one)."""
+    chances = [i.error_probability for i in flag.issues if i.error_probability is not None]
+    return max(chances) if chances else None
+
+
+def review_order(flags: list[Flag]) -> list[Flag]:
+    """Most likely errors first: error probability (high first; none last), label quality
+    (low first), position (old first)."""
+
+    def key(flag: Flag) -> tuple[float, float, int]:
+        chance = error_probability(flag)
+        return (-(chance if chance is not None else -1.0), flag.label_quality, flag.position)
+
+    return sorted(flags, key=key)
+
+
 def _summary(flag: Flag) -> str:
     issues = ",".join(f"{i.kind.value[0]}:{i.label}" for i in flag.issues)
+    chance = error_probability(flag)
+    shown = f"{chance:6.3f}" if chance is not None else f"{'-':>6}"
     return (
-        f"{flag.position:>8} {_iso(flag.flagged_at):20} {flag.label_quality:7.3f} "
+        f"{flag.position:>8} {_iso(flag.flagged_at):20} {shown} {flag.label_quality:7.3f} "
         f"{flag.example_id[:24]:24} {issues}"
     )
 
@@ -212,12 +256,16 @@ def _do_list(outbox: Outbox, args: argparse.Namespace) -> int:
             print(f"labelwatch flags: error: no sink named {args.pending_for!r}", file=sys.stderr)
             return 1
         after = max(after, consumer.cursor)
-    flags = outbox.flags(after=after, limit=args.limit, since=args.since)
+    if args.order == "review":
+        flags = review_order(outbox.flags(after=after, limit=args.scan, since=args.since))
+        flags = flags[: args.limit]
+    else:
+        flags = outbox.flags(after=after, limit=args.limit, since=args.since)
     if args.json:
         for flag in flags:
             print(flag.to_json())
         return 0
-    print(f"{'POSITION':>8} {'FLAGGED AT':20} {'QUALITY':>7} {'EXAMPLE':24} ISSUES")
+    print(f"{'POSITION':>8} {'FLAGGED AT':20} {'ERR P':>6} {'QUALITY':>7} {'EXAMPLE':24} ISSUES")
     for flag in flags:
         print(_summary(flag))
     return 0

@@ -48,6 +48,7 @@ def flag_to_proto(flag: Flag, *, redelivered: bool = False) -> fpb.Flag:
             kind=_KIND_TO_PB[issue.kind],
             probability=issue.probability,
             threshold=issue.threshold,
+            error_probability=issue.error_probability,
         )
     return out
 
@@ -65,7 +66,17 @@ def _filter(request: fpb.WatchFlagsRequest) -> WatchFilter:
             request.max_label_quality if request.HasField("max_label_quality") else None
         ),
         annotator_ids=frozenset(request.annotator_ids),
+        min_error_probability=_min_error_probability(request),
     )
+
+
+def _min_error_probability(request: fpb.WatchFlagsRequest) -> float | None:
+    if not request.HasField("min_error_probability"):
+        return None
+    value = request.min_error_probability
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise InvalidWatch(f"field 'min_error_probability': must be in [0, 1], got {value:g}")
+    return value
 
 
 def _start(request: fpb.WatchFlagsRequest) -> StartAt:

@@ -74,8 +74,13 @@ class MlBackend:
         ``allowed`` ``(K,)`` bool: the classes the labeling config offers.
         """
         untagged = np.zeros(probs.shape, dtype=np.bool_)
-        suggested = decide(self._fit, probs, untagged, self._filter_by).suggested & allowed
-        quality = decide(self._fit, probs, suggested, self._filter_by).label_quality
+        # pre-annotation predicts tags; the budget rule ranks errors of given tags, so
+        # pre-annotations then come from the confident thresholds
+        rule = (
+            FilterBy.CONFIDENT_LEARNING if self._filter_by is FilterBy.BUDGET else self._filter_by
+        )
+        suggested = decide(self._fit, probs, untagged, rule).suggested & allowed
+        quality = decide(self._fit, probs, suggested, rule).label_quality
         return suggested, quality
 
     def health(self) -> dict[str, Any]:

@@ -42,6 +42,8 @@ def annotation_score(
         if bool(flags[k])
     )
     suggested = tuple(class_names[k] for k in range(len(class_names)) if labels[k] ^ flags[k])
+    chances = None if batch.error_probability is None else batch.error_probability[0][flags]
+    error_probability = float(chances.max()) if chances is not None and chances.size else None
     return WriteBack(
         project_id=event.project_id,
         task_id=event.task_id,
@@ -52,6 +54,7 @@ def annotation_score(
         issues=issues,
         suggested=suggested,
         model_version=batch.model_version,
+        error_probability=error_probability,
         choices_name=event.choices_name,
         to_name=event.to_name,
     )

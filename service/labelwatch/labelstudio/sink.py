@@ -11,7 +11,9 @@ becomes one task:
   shown above the text;
 * ``annotations``: the given tags, i.e. the annotation under review;
 * ``predictions``: the tags labelwatch suggests, with ``model_version`` and
-  ``score`` = 1 - label quality (higher = more likely mislabeled).
+  ``score`` = the highest calibrated error probability of the flag's issues (the
+  chance that the suggestion is right), or 1 - label quality when the artifact has
+  no tag-context model (higher = more likely mislabeled either way).
 
 Label Studio does not deduplicate imports, so before each import the sink asks
 for tasks of the project whose ``data.labelwatch_flag_id`` is in the batch and
@@ -108,7 +110,12 @@ def task_for(flag: Flag) -> dict[str, Any]:
             "model_version": flag.model_version,
             "flagged_at": flag.to_dict()["flagged_at"],
             "issues": [
-                {"label": i.label, "kind": i.kind.value, "probability": i.probability}
+                {
+                    "label": i.label,
+                    "kind": i.kind.value,
+                    "probability": i.probability,
+                    "error_probability": i.error_probability,
+                }
                 for i in flag.issues
             ],
             "metadata": dict(flag.metadata),
@@ -117,11 +124,18 @@ def task_for(flag: Flag) -> dict[str, Any]:
         "predictions": [
             {
                 "model_version": flag.model_version,
-                "score": 1.0 - flag.label_quality,
+                "score": review_score(flag),
                 "result": _choices(flag.suggested_labels),
             }
         ],
     }
+
+
+def review_score(flag: Flag) -> float:
+    """The review prediction's score in [0, 1]: the highest error probability of the
+    flag's issues, or ``1 - label_quality`` without error probabilities."""
+    chances = [i.error_probability for i in flag.issues if i.error_probability is not None]
+    return max(chances) if chances else 1.0 - flag.label_quality
 
 
 class LabelStudioSink:

@@ -13,7 +13,8 @@ then its ``data`` gets:
 
 While an annotation of the task is flagged the task carries exactly one labelwatch
 review prediction: the worst flagged annotation's suggested tags, ``score`` =
-``mislabeling`` = 1 - its label quality (Label Studio's "mislabeling" field tells
+``mislabeling`` = the highest error probability of its flagged tags (1 - its label
+quality without a tag-context model; Label Studio's "mislabeling" field tells
 it apart from pre-annotations made by ``/predict``), ``model_version`` =
 labelwatch's. Other review predictions (stale ones, e.g. of an annotation since
 corrected) are deleted, and none is left when no annotation is flagged.
@@ -67,6 +68,7 @@ def _entry(write: WriteBack) -> dict[str, Any]:
         "choices_name": write.choices_name,
         "to_name": write.to_name,
         "model_version": write.model_version,
+        "error_probability": write.error_probability,
     }
 
 
@@ -98,7 +100,8 @@ def review_prediction(data: dict[str, Any]) -> dict[str, Any] | None:
     if not flagged:
         return None
     worst = min(flagged, key=lambda e: float(e["score"]))
-    mislabeling = round(1.0 - float(worst["score"]), 6)
+    chance = worst.get("error_probability")
+    mislabeling = round(1.0 - float(worst["score"]) if chance is None else float(chance), 6)
     return {
         "model_version": worst["model_version"],
         "score": mislabeling,

@@ -45,6 +45,8 @@ class WriteBack:
     model_version: str
     choices_name: str  # from_name of predictions
     to_name: str
+    # the highest error probability of the flagged tags (None: none, or no tag-context model)
+    error_probability: float | None = None
 
     @property
     def key(self) -> str:

@@ -88,7 +88,7 @@ class DriftCollector:
             recent = window.rates() if window is not None else None
             calibration = self._calibration
             labels = self._labels()
-        rate, ratio, size = self._families()
+        rate, ratio, size, per_example = self._families()
         for name, rates in (("recent", recent), ("calibration", calibration)):
             if rates is None:
                 continue
@@ -96,15 +96,18 @@ class DriftCollector:
             for row, class_label in enumerate(labels):
                 for col, kind in enumerate(KINDS):
                     rate.add_metric([class_label, kind, name], float(capped[row, col]))
+            per_example.add_metric([name], float(rates.sum()))
         if recent is not None:
             size.add_metric([], float(n))
             cal_total = float(calibration.sum()) if calibration is not None else None
             if cal_total is not None:
                 ratio.add_metric([], drift_ratio(float(recent.sum()), cal_total, n))
-        return [rate, ratio, size]
+        return [rate, ratio, size, per_example]
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[
+        GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily
+    ]:
         return (
             GaugeMetricFamily(
                 "labelwatch_class_flag_rate",
@@ -120,5 +123,11 @@ class DriftCollector:
             GaugeMetricFamily(
                 "labelwatch_drift_window_examples",
                 "Examples currently in the drift window (at most its size).",
+            ),
+            GaugeMetricFamily(
+                "labelwatch_flags_per_example",
+                "Flagged (example, tag) pairs per example: window=recent over the drift window, "
+                "window=calibration on the calibration set (compare with labelwatch_flag_budget).",
+                labels=["window"],
             ),
         )

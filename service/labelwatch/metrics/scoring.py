@@ -120,6 +120,12 @@ class Metrics:
         self.grpc_started = grpc.started
         self.grpc_handled = grpc.handled
         self.grpc_handling_seconds = grpc.handling_seconds
+        self.flag_budget = Gauge(
+            "labelwatch_flag_budget",
+            "Flagged (example, tag) pairs per example the budget rule aims at (--flag-budget, "
+            "or the artifact's default); not exported under other rules.",
+            registry=registry,
+        )
         self.build_info = Gauge(
             "labelwatch_build_info", "labelwatch build (value 1).", ["version"], registry=registry
         )

@@ -21,12 +21,18 @@ Public entry points (the service and the CLI use only these):
 * :func:`fit_calibration` -> :class:`CalibrationFit` (offline step)
 * :func:`decide` -> :class:`Decision` (online, one or many examples at a time,
   using only a :class:`CalibrationFit`)
+
+Beyond cleanlab (``filter_by="budget"``, error probabilities): :mod:`.context` (the
+tag-context model), :mod:`.budget` (the flag budget's cut-off curve) and
+:mod:`.errorprob` (the error-probability calibrator), fitted by :func:`fit_calibration`
+with ``context_tags``.
 """
 
 from labelwatch.scoring.batch import find_label_issues, label_quality_scores
 from labelwatch.scoring.online import decide, fit_calibration
 from labelwatch.scoring.thresholds import fit_thresholds
 from labelwatch.scoring.types import (
+    CLEANLAB_RULES,
     CalibrationFit,
     ClassScore,
     Decision,
@@ -37,6 +43,7 @@ from labelwatch.scoring.types import (
 )
 
 __all__ = [
+    "CLEANLAB_RULES",
     "CalibrationFit",
     "ClassScore",
     "Decision",

@@ -5,9 +5,15 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:  # annotations only: these modules build on this one
+    from labelwatch.scoring.budget import BudgetCurve
+    from labelwatch.scoring.context import ContextModel
+    from labelwatch.scoring.errorprob import SidedCalibrator
 
 
 class FilterBy(str, enum.Enum):
@@ -20,6 +26,11 @@ class FilterBy(str, enum.Enum):
     PREDICTED_NEQ_GIVEN = "predicted_neq_given"
     LOW_SELF_CONFIDENCE = "low_self_confidence"
     LOW_NORMALIZED_MARGIN = "low_normalized_margin"
+    BUDGET = "budget"  # labelwatch's: one cut on the tag-context error score, set by a budget
+
+
+CLEANLAB_RULES = tuple(rule for rule in FilterBy if rule is not FilterBy.BUDGET)
+"""The rules cleanlab has (``find_label_issues``'s ``filter_by`` values)."""
 
 
 class Pooling(str, enum.Enum):
@@ -68,7 +79,13 @@ class CalibrationFit:
     ``score_cutoff``: label-quality cut-off for ``low_self_confidence``.
     ``flag_rates[rule]``: ``(n_classes, 2)`` fraction of calibration examples
     flagged per class (column 0 MISSING, column 1 SPURIOUS).
-    ``method``: the per-class score pooled into ``Decision.label_quality``.
+    ``method``: the per-class score pooled into ``Decision.label_quality``;
+    ``context_quality``: computed from the tag-context probabilities ``q`` instead of
+    the model's ``p`` (needs ``context``).
+    ``context``, ``budget``, ``error_calibrator``: the tag-context model, the budget
+    curve of its cross-fitted error scores and the error-probability calibrator (all
+    three or none; ``None`` in fits made without tag context, which then have neither
+    the ``budget`` rule nor error probabilities).
     """
 
     thresholds: Thresholds
@@ -80,15 +97,24 @@ class CalibrationFit:
     n_examples: int
     flag_rates: Mapping[str, NDArray[np.float64]]
     method: ClassScore = ClassScore.SELF_CONFIDENCE
+    context_quality: bool = False
+    context: ContextModel | None = None
+    budget: BudgetCurve | None = None
+    error_calibrator: SidedCalibrator | None = None
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Online result for a batch: ``flags`` ``(n, K)`` bool, ``label_quality`` ``(n,)``."""
+    """Online result for a batch: ``flags`` ``(n, K)`` bool, ``label_quality`` ``(n,)``.
+
+    ``error_probability``: ``(n, K)`` float64, the calibrated probability that a flagged
+    tag is wrong, NaN where not flagged; ``None`` when the fit has no tag context.
+    """
 
     flags: NDArray[np.bool_]
     label_quality: NDArray[np.float64]
     labels: NDArray[np.bool_]
+    error_probability: NDArray[np.float64] | None = None
 
     @property
     def missing(self) -> NDArray[np.bool_]:
