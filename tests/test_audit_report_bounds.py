@@ -74,6 +74,9 @@ def test_every_reported_bound_holds_for_its_flag(
             assert bound is None
             assert issue["score"] <= issue["score_cutoff"]
             continue
+        if issue["decided_by"] == "none":  # the rule claims no bound on p (budget)
+            assert bound is None
+            continue
         # confident_learning compares within cleanlab's 1e-6; every other bound is exact
         slack = 1e-6 if issue["decided_by"] == "confident_threshold" else 0.0
         if issue["kind"] == "MISSING":
@@ -83,6 +86,8 @@ def test_every_reported_bound_holds_for_its_flag(
     shown = re.findall(r"p=([-0-9.e]+) (\u2265|\u2264)(?: rank cut-off)? ([-0-9.e]+)", html)
     if issues[0]["decided_by"] == "example_score":
         assert not shown and "example score" in html
+    elif issues[0]["decided_by"] == "none":
+        assert not shown
     else:
         assert shown
     for p_text, relation, bound_text in shown:

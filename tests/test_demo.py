@@ -80,12 +80,18 @@ def test_demo_refuses_a_limit_below_one_and_an_out_that_is_a_file(
     assert "is not a folder" in capsys.readouterr().err
 
 
+def _review_order(row: dict[str, Any]) -> float:
+    """Highest error probability of the row's issues first; label quality without them."""
+    chances = [i["error_probability"] for i in row["issues"] if i.get("error_probability")]
+    return -max(chances) if chances else float(row["label_quality"])
+
+
 def _recomputed_precision_at(out: Path, k: int) -> float:
-    """precision@k of the review queue from the files the demo wrote (label_quality order)."""
+    """precision@k of the review queue, recomputed from the files the demo wrote."""
     saved = np.load(out / "demo.npz")
     hit = dict(zip(saved["ids"].tolist(), saved["injected"].any(axis=1).tolist(), strict=True))
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    queue = sorted((r for r in rows if r["is_issue"]), key=lambda r: r["label_quality"])[:k]
+    queue = sorted((r for r in rows if r["is_issue"]), key=_review_order)[:k]
     return sum(hit[r["id"]] for r in queue) / len(queue)
 
 

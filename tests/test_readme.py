@@ -319,12 +319,15 @@ def test_readme_runs_top_to_bottom_in_one_shell(tmp_path: Path) -> None:
         )
     left = _read(state / "left").strip()
     assert not left, f"the README leaves these running after its last block:\n{left}"
+    differ = []  # every block whose shown output is stale, with what it printed instead
     for n in expected:
         block = blocks[n]
         if block.output is not None:
             shown = [line.rstrip() for line in block.output.strip().splitlines()]
             printed = [line.rstrip() for line in _read(state / f"{n}.out").strip().splitlines()]
-            assert printed == shown, f"README line {block.line}: the output shown differs"
+            if printed != shown:
+                differ.append(f"README line {block.line} now prints:\n" + "\n".join(printed))
+    assert not differ, "the output the README shows differs:\n\n" + "\n\n".join(differ)
     if ls_venv is None and needs_ls:
         pytest.skip(
             f"ran every README block but the {len(needs_ls)} Label Studio ones: "
