@@ -7,6 +7,7 @@ rows of every table, and opened by today's :class:`Outbox`.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 from pathlib import Path
@@ -149,7 +150,7 @@ def schema_of(path: Path) -> dict[str, object]:
 
 def test_migrations_are_numbered_one_after_the_other() -> None:
     assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
-    assert SCHEMA_VERSION == MIGRATIONS[-1].version == 2
+    assert SCHEMA_VERSION == MIGRATIONS[-1].version == 3
 
 
 def test_a_new_file_gets_the_current_version(tmp_path: Path) -> None:
@@ -188,6 +189,9 @@ def test_a_version_1_file_migrates_and_keeps_every_row(
         assert queue.pending() == (1, 30.0)
         (claimed,) = queue.claim(10)
         assert (claimed.write, claimed.attempts) == (WRITE, 2)
+        # the task id was taken from the key: another write of task 7 waits for the lease
+        queue.put(dataclasses.replace(WRITE, annotation_id=71))
+        assert queue.claim(10) == []
     else:
         assert queue.pending() == (0, None)
         queue.put(WRITE)
