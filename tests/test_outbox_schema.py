@@ -257,3 +257,28 @@ def test_a_file_from_a_newer_labelwatch_is_refused_and_left_alone(tmp_path: Path
     assert f"schema version {SCHEMA_VERSION + 1}" in outbox.last_error
     assert "newer labelwatch" in outbox.last_error
     assert user_version(path) == SCHEMA_VERSION + 1
+
+
+def test_processes_creating_a_new_file_at_once_all_open_it(tmp_path: Path) -> None:
+    # --workers N: every worker creates the same new file; a late one must not set the
+    # version back to 1 after an early one reached the current version
+    for attempt in range(5):
+        path = tmp_path / f"new-{attempt}.sqlite3"
+        start = threading.Barrier(4)
+        opened: list[Outbox] = []
+
+        def open_it(
+            path: Path = path, start: threading.Barrier = start, opened: list[Outbox] = opened
+        ) -> None:
+            start.wait()
+            opened.append(Outbox(path))
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [box.last_error for box in opened] == [""] * 4
+        for box in opened:
+            box.close()
+        assert user_version(path) == SCHEMA_VERSION

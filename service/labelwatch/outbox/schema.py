@@ -172,12 +172,16 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
         # a new file: created as releases up to version 1 created it (see the docstring)
         for statement in MIGRATIONS[0].statements:
             conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {int(MIGRATIONS[0].version)}")
     ran = initial == 0
     conn.execute("BEGIN IMMEDIATE")
     try:
         found = user_version(conn)  # again, under the write lock: another process may have won
         _check_not_newer(found, path)
+        if found == 0:
+            # version 1's statements ran above; set it here, under the lock, so a process
+            # that created the file at the same time never moves a newer version back to 1
+            found = MIGRATIONS[0].version
+            conn.execute(f"PRAGMA user_version = {int(found)}")
         for migration in MIGRATIONS:
             if migration.version <= found:
                 continue
