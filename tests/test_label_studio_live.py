@@ -16,6 +16,8 @@ import importlib.util
 import io
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +50,7 @@ from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
 from support_delivery import LabelStudio, label_studio, wait_until
 from support_ports import free_port
+from support_server import _env as support_env
 from support_server import running_server, target_of
 
 # slow: a real Label Studio (first start on a fresh database 60-90 s)
@@ -182,7 +185,11 @@ def test_connect_registers_webhook_and_ml_backend_and_is_idempotent(setup: Setup
     hooks = setup.ls.request("GET", f"/api/webhooks/?project={setup.project_id}")
     mine = [h for h in hooks if h["url"] == setup.http + "/webhook"]
     assert len(mine) == 1
-    assert set(mine[0]["actions"]) == {"ANNOTATION_CREATED", "ANNOTATION_UPDATED"}
+    assert set(mine[0]["actions"]) == {
+        "ANNOTATION_CREATED",
+        "ANNOTATION_UPDATED",
+        "ANNOTATIONS_DELETED",
+    }
     ml = setup.ls.request("GET", f"/api/ml/?project={setup.project_id}")
     assert [b["url"].rstrip("/") for b in ml] == [setup.http]
     assert ml[0]["auth_method"] == "BASIC_AUTH" and ml[0]["basic_auth_user"] == "labelwatch"
@@ -599,3 +606,126 @@ def test_docstring_examples_run(module: object) -> None:
 def test_screenshot_script_docstring_examples_run() -> None:
     result = doctest.testmod(_screenshot_script())
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_events_answered_202_survive_a_kill_9_and_are_all_scored_and_written_back(
+    setup: Setup,
+) -> None:
+    """Scoring blocked while events arrive, kill -9 after every 202: a new labelwatch on the
+    same outbox scores all of them (the update after the creation) and writes them back."""
+    ls = setup.ls
+    texts = [GNOME + " (k9)", NETWORK + " (k9)", PYTHON + " (k9)"]
+    task_ids = _import(ls, setup.project_id, texts)
+    payloads = [_webhook_payload(ls, setup.project_id, t, []) for t in task_ids]
+    fixed_tags, _ = _model_tags(setup.server, texts[0])
+    update = json.loads(json.dumps(payloads[0]))
+    update["action"] = "ANNOTATION_UPDATED"
+    update["annotation"]["updated_at"] = "2026-01-02T00:00:00.000000Z"
+    update["annotation"]["result"] = _choices(fixed_tags)
+    with tempfile.TemporaryDirectory(prefix="labelwatch-ls-kill9-") as tmp:
+        settings = _ls_server_settings(ls, Path(tmp))
+        settings["data_dir"] = Path(tmp) / "data"
+        child_settings = json.dumps(
+            {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
+        )
+        script = Path(__file__).with_name("support_ls_blocked_child.py")
+        log_path = Path(tmp) / "child.log"
+        with log_path.open("w") as log_file:
+            child = subprocess.Popen(
+                [sys.executable, str(script), child_settings],
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                text=True,
+                env=support_env(),
+            )
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert "listening on" in line, log_path.read_text()[-3000:]
+            http = f"http://127.0.0.1:{int(line.rsplit(':', 1)[1])}"
+            for payload in [*payloads, update]:
+                status, answer = _post(http + "/webhook", payload, {SECRET_HEADER: SECRET})
+                assert status == 202, answer
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+            if child.stdout is not None:
+                child.stdout.close()
+        outbox = Outbox(settings["data_dir"] / "outbox.sqlite3", create=False)
+        try:
+            assert outbox.ls_event_backlog()[0] == 4  # all stored, none processed
+        finally:
+            outbox.close()
+        settings["http_port"] = free_port()
+        with running_server(**settings) as second:
+
+            def data(task_id: int) -> dict[str, Any]:
+                task: dict[str, Any] = ls.request("GET", f"/api/tasks/{task_id}")
+                return dict(task["data"])
+
+            def first_is_updated() -> bool:
+                entry = data(task_ids[0]).get("labelwatch_annotations", {})
+                return (
+                    entry.get(str(900_000 + task_ids[0]), {}).get("version")
+                    == (update["annotation"]["updated_at"])
+                )
+
+            wait_until(
+                lambda: first_is_updated() and all("labelwatch_score" in data(t) for t in task_ids),
+                what="every event of the killed labelwatch written back",
+                timeout=60,
+                interval=0.5,
+            )
+            wait_until(
+                lambda: (
+                    _registry_value(second, "labelwatch_ls_writeback_pending") == 0
+                    and second.metrics.registry.get_sample_value("labelwatch_ls_queue_depth") == 0
+                ),
+                what="the inbox and the write-back queue to empty",
+                timeout=30,
+            )
+            assert _registry_value(second, "labelwatch_ls_annotations_total", outcome="scored") == 4
+        first, *others = (data(t) for t in task_ids)
+        assert first["labelwatch_flagged"] is False
+        assert all(
+            d["labelwatch_flagged"] is True and "missing" in d["labelwatch_issues"] for d in others
+        )
+        for task_id, want in zip(task_ids, [0, 1, 1], strict=True):
+            preds = ls.request("GET", f"/api/predictions/?task={task_id}")
+            assert len([p for p in preds if p["mislabeling"] > 0]) == want
+
+
+def test_a_deleted_annotation_leaves_the_task_summary_and_its_prediction(setup: Setup) -> None:
+    ls, server = setup.ls, setup.server
+    tags, row = _model_tags(server, NETWORK)
+    absent = server.pipeline.spec.class_names[int(np.argmin(row))]
+    [task_id] = _import(ls, setup.project_id, [NETWORK + " (deleted)"])
+    bad = ls.request(
+        "POST", f"/api/tasks/{task_id}/annotations/", {"result": _choices([*tags, absent])}
+    )
+    good = ls.request("POST", f"/api/tasks/{task_id}/annotations/", {"result": _choices(tags)})
+
+    def data() -> dict[str, Any]:
+        return dict(ls.request("GET", f"/api/tasks/{task_id}")["data"])
+
+    wait_until(
+        lambda: len(data().get("labelwatch_annotations", {})) == 2,
+        what="both annotations written back",
+        timeout=30,
+        interval=0.5,
+    )
+    before = data()
+    assert before["labelwatch_flagged"] is True and before["labelwatch_annotation"] == bad["id"]
+    ls.request("DELETE", f"/api/annotations/{bad['id']}/")
+    wait_until(
+        lambda: list(data().get("labelwatch_annotations", {})) == [str(good["id"])],
+        what="the deleted annotation's entry removed",
+        timeout=30,
+        interval=0.5,
+    )
+    after = data()
+    assert after["labelwatch_flagged"] is False and after["labelwatch_annotation"] == good["id"]
+    assert after["labelwatch_score"] == after["labelwatch_annotations"][str(good["id"])]["score"]
+    preds = ls.request("GET", f"/api/predictions/?task={task_id}")
+    assert [p for p in preds if p["mislabeling"] > 0] == []
+    assert _registry_value(server, "labelwatch_ls_annotations_total", outcome="deleted") >= 1

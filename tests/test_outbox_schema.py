@@ -7,6 +7,7 @@ rows of every table, and opened by today's :class:`Outbox`.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 from pathlib import Path
@@ -149,7 +150,7 @@ def schema_of(path: Path) -> dict[str, object]:
 
 def test_migrations_are_numbered_one_after_the_other() -> None:
     assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
-    assert SCHEMA_VERSION == MIGRATIONS[-1].version == 2
+    assert SCHEMA_VERSION == MIGRATIONS[-1].version == 3
 
 
 def test_a_new_file_gets_the_current_version(tmp_path: Path) -> None:
@@ -188,6 +189,9 @@ def test_a_version_1_file_migrates_and_keeps_every_row(
         assert queue.pending() == (1, 30.0)
         (claimed,) = queue.claim(10)
         assert (claimed.write, claimed.attempts) == (WRITE, 2)
+        # the task id was taken from the key: another write of task 7 waits for the lease
+        queue.put(dataclasses.replace(WRITE, annotation_id=71))
+        assert queue.claim(10) == []
     else:
         assert queue.pending() == (0, None)
         queue.put(WRITE)
@@ -253,3 +257,28 @@ def test_a_file_from_a_newer_labelwatch_is_refused_and_left_alone(tmp_path: Path
     assert f"schema version {SCHEMA_VERSION + 1}" in outbox.last_error
     assert "newer labelwatch" in outbox.last_error
     assert user_version(path) == SCHEMA_VERSION + 1
+
+
+def test_processes_creating_a_new_file_at_once_all_open_it(tmp_path: Path) -> None:
+    # --workers N: every worker creates the same new file; a late one must not set the
+    # version back to 1 after an early one reached the current version
+    for attempt in range(5):
+        path = tmp_path / f"new-{attempt}.sqlite3"
+        start = threading.Barrier(4)
+        opened: list[Outbox] = []
+
+        def open_it(
+            path: Path = path, start: threading.Barrier = start, opened: list[Outbox] = opened
+        ) -> None:
+            start.wait()
+            opened.append(Outbox(path))
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [box.last_error for box in opened] == [""] * 4
+        for box in opened:
+            box.close()
+        assert user_version(path) == SCHEMA_VERSION

@@ -275,8 +275,8 @@ class Settings:
     ls_queue_size: int = field(
         default=1000,
         metadata={
-            "help": "annotations waiting to be scored; past it a webhook gets HTTP 503 and "
-            "Label Studio may resend it."
+            "help": "Label Studio events stored in the outbox and waiting to be processed; "
+            "past it a webhook gets HTTP 503 (Label Studio does not resend it)."
         },
     )
     ls_writeback_url: str | None = field(

@@ -2,8 +2,9 @@
 
 In (annotations to score) and back (results, pre-annotations, tasks to review):
 
-* :mod:`.webhook`: a webhook payload -> :class:`~labelwatch.domain.LabeledExample`.
-* :mod:`.processor`: a bounded queue scored through the server's batcher.
+* :mod:`.webhook`: a webhook payload -> inbox rows -> :class:`~labelwatch.domain.LabeledExample`.
+* :mod:`.processor`: the events stored in the outbox, scored through the server's batcher.
+* :mod:`.leases`: who holds a stored event or write-back; a killed process's are freed.
 * :mod:`.writeback`: label quality and suggestions written back to the task.
 * :mod:`.writequeue`: the durable write-back queue (in the outbox) and its worker.
 * :mod:`.ml_backend`: Label Studio's ML backend protocol (pre-annotation).
@@ -13,5 +14,5 @@ In (annotations to score) and back (results, pre-annotations, tasks to review):
 * :mod:`.connect` and :mod:`.command`: ``labelwatch label-studio connect``.
 
 Its metrics are in :mod:`labelwatch.metrics.label_studio`, its tables in
-:mod:`labelwatch.outbox.writeback`.
+:mod:`labelwatch.outbox.writeback` and :mod:`labelwatch.outbox.ls_events`.
 """

@@ -9,9 +9,10 @@ from pathlib import Path
 
 _DESCRIPTION = """\
 Connect a Label Studio project to a running `labelwatch serve --http-port PORT`:
-registers a webhook (ANNOTATION_CREATED/UPDATED -> PORT/webhook, with the shared
-secret header) and labelwatch as the project's ML backend (pre-annotation; HTTP
-Basic auth, user "labelwatch", the shared secret as password).
+registers a webhook (ANNOTATION_CREATED/UPDATED and ANNOTATIONS_DELETED ->
+PORT/webhook, with the shared secret header) and labelwatch as the project's ML
+backend (pre-annotation; HTTP Basic auth, user "labelwatch", the shared secret as
+password).
 Without --project, creates a project whose labeling config offers the model's classes.
 
   export LABEL_STUDIO_API_KEY=...  LABELWATCH_LS_WEBHOOK_SECRET=...

@@ -13,7 +13,7 @@ from xml.sax.saxutils import quoteattr
 
 from labelwatch.labelstudio.client import LabelStudioClient
 from labelwatch.labelstudio.http import BASIC_AUTH_USER, SECRET_HEADER
-from labelwatch.labelstudio.webhook import ANNOTATION_ACTIONS, ProjectMapping
+from labelwatch.labelstudio.webhook import WEBHOOK_ACTIONS, ProjectMapping
 
 
 def labeling_config(class_names: Sequence[str], mapping: ProjectMapping) -> str:
@@ -77,7 +77,7 @@ def connect(
         project = client.request("GET", f"/api/projects/{project_id}")
         done.append(f"found project {project_id} {project.get('title')!r}")
     hook_url = base + "/webhook"
-    actions = sorted(ANNOTATION_ACTIONS)
+    actions = sorted(WEBHOOK_ACTIONS)
     hook: dict[str, Any] = {
         "project": project_id,
         "url": hook_url,

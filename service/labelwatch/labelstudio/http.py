@@ -31,6 +31,7 @@ from labelwatch.delivery import read_secret
 from labelwatch.domain import LabeledExample, ScoredBatch
 from labelwatch.errors import StartupError
 from labelwatch.labelstudio.client import LabelStudioClient
+from labelwatch.labelstudio.leases import release_dead_leases
 from labelwatch.labelstudio.ml_backend import MlBackend
 from labelwatch.labelstudio.processor import AnnotationProcessor
 from labelwatch.labelstudio.webhook import (
@@ -38,11 +39,12 @@ from labelwatch.labelstudio.webhook import (
     PayloadError,
     ProjectMapping,
     load_mappings,
-    parse_event,
+    receive,
 )
 from labelwatch.labelstudio.writeback import TaskWriter
 from labelwatch.labelstudio.writequeue import WriteBackQueue, WriteBackWorker
 from labelwatch.metrics import LabelStudioMetrics
+from labelwatch.outbox import Outbox, OutboxError
 from labelwatch.pipeline import Pipeline
 from labelwatch.sinks.base import RetryPolicy
 
@@ -81,6 +83,8 @@ class LabelStudioHttp:
         secret: str | None,
         mappings: Mappings,
         class_names: tuple[str, ...],
+        outbox: Outbox,
+        max_queued: int,
         processor: AnnotationProcessor,
         ml_backend: MlBackend,
         metrics: LabelStudioMetrics,
@@ -90,6 +94,8 @@ class LabelStudioHttp:
         self._secret = secret.encode("utf-8") if secret else None
         self._mappings = mappings
         self._class_names = class_names
+        self._outbox = outbox
+        self._max_queued = max_queued
         self.processor = processor
         self.ml_backend = ml_backend
         self.metrics = metrics
@@ -206,27 +212,44 @@ class LabelStudioHttp:
         return hmac.compare_digest(password.encode("utf-8"), self._secret)
 
     def webhook(self, body: Any) -> tuple[int, dict[str, Any]]:
-        """Parse and queue one webhook: (HTTP status, JSON answer)."""
-        event = parse_event(body, self._mappings, self._class_names)
-        if event is None:
+        """Parse and store one webhook in the outbox: (HTTP status, JSON answer).
+
+        202 only once the event is committed; 503 when ``max_queued`` events wait
+        or the outbox cannot be written (Label Studio may resend).
+        """
+        received = receive(body, self._mappings, self._class_names)
+        if received is None:
             return 200, {"ignored": str(body.get("action") if isinstance(body, dict) else "")}
-        if not self.processor.submit(event):
+        try:
+            stored = self._outbox.put_ls_events(received.rows, max_queued=self._max_queued)
+        except OutboxError as exc:
+            log.error("event=ls_event_not_stored error=%r", str(exc))
+            return 503, {"error": "labelwatch cannot store the event right now; resend later"}
+        if not stored:
             return 503, {"error": "too many annotations waiting to be scored; resend later"}
-        answer: dict[str, Any] = {"queued": event.example.id}
-        if event.unknown_tags:
-            answer["unknown_tags"] = list(event.unknown_tags)
+        self.processor.wake()
+        answer: dict[str, Any] = {"queued": received.example_id or len(received.rows)}
+        if received.unknown_tags:
+            answer["unknown_tags"] = list(received.unknown_tags)
         return 202, answer
 
     def start(self) -> None:
-        """Serve in a background thread; start writing back (leftovers of an earlier run first)."""
+        """Serve in a background thread; process and write back (leftovers of an earlier run
+        first; leases a killed process left are freed)."""
+        try:
+            release_dead_leases(self._outbox)
+        except OutboxError as exc:  # the leases then end by themselves
+            log.error("event=ls_dead_leases_not_released error=%r", str(exc))
         if self.writer is not None:
             self.writer.start()
+        self.processor.start()
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting requests, finish the queued annotations, stop writing back.
+        """Stop accepting requests, then processing and writing back.
 
-        Write-backs not done by then stay in the durable queue for the next start.
+        Events not processed and write-backs not done by then stay in the outbox
+        for the next start.
         """
         self._httpd.shutdown()
         self._httpd.server_close()
@@ -245,10 +268,15 @@ def from_settings(
 ) -> LabelStudioHttp:
     """Build (not start) the HTTP server ``settings`` ask for (``--http-port`` non-zero).
 
-    Raises :class:`StartupError` for an unreadable secret file, a write-back URL
-    without a token or without the outbox (which holds the write-back queue), or a
-    port that cannot be bound. Metrics go on ``pipeline.metrics.registry``.
+    Raises :class:`StartupError` for an unreadable secret file, no outbox (it
+    holds the received events and the write-back queue), a write-back URL without
+    a token, or a port that cannot be bound. Metrics go on ``pipeline.metrics.registry``.
     """
+    outbox = pipeline.outbox
+    if outbox is None:
+        raise StartupError(
+            "--http-port needs the outbox (received Label Studio events are stored there)"
+        )
     secret: str | None
     if settings.ls_webhook_secret_file is not None or environ.get(settings.ls_webhook_secret_env):
         secret = read_secret(
@@ -276,11 +304,11 @@ def from_settings(
     metrics = LabelStudioMetrics(pipeline.metrics.registry)
     queue: WriteBackQueue | None = None
     worker: WriteBackWorker | None = None
+    policy = RetryPolicy(
+        initial_seconds=settings.sink_retry_initial_seconds,
+        max_seconds=settings.sink_retry_max_seconds,
+    )
     if settings.ls_writeback_url:
-        if pipeline.outbox is None:
-            raise StartupError(
-                "--ls-writeback-url needs the outbox (it holds the write-back queue)"
-            )
         token = read_secret(
             "Label Studio token",
             settings.label_studio_token_env,
@@ -292,11 +320,7 @@ def from_settings(
             client = LabelStudioClient(settings.ls_writeback_url, token)
         except ValueError as exc:
             raise StartupError(str(exc)) from exc
-        queue = WriteBackQueue(pipeline.outbox)
-        policy = RetryPolicy(
-            initial_seconds=settings.sink_retry_initial_seconds,
-            max_seconds=settings.sink_retry_max_seconds,
-        )
+        queue = WriteBackQueue(outbox)
         worker = WriteBackWorker(
             queue,
             TaskWriter(client),
@@ -305,10 +329,13 @@ def from_settings(
         )
         metrics.track_writebacks(queue)
     processor = AnnotationProcessor(
+        outbox,
         score,
         class_names,
-        max_queued=settings.ls_queue_size,
-        on_scored=None if queue is None else queue.put,
+        mappings,
+        writeback=queue is not None,
+        policy=policy,
+        on_queued=(lambda: None) if queue is None else queue.notify,
         observe=metrics.observe_annotation,
     )
     backend = MlBackend(
@@ -326,6 +353,8 @@ def from_settings(
             secret=secret,
             mappings=mappings,
             class_names=class_names,
+            outbox=outbox,
+            max_queued=settings.ls_queue_size,
             processor=processor,
             ml_backend=backend,
             metrics=metrics,
@@ -333,7 +362,6 @@ def from_settings(
             reuse_port=reuse_port,
         )
     except OSError as exc:
-        processor.close()
         raise StartupError(
             f"cannot bind HTTP port {settings.host}:{settings.http_port}: {exc}"
         ) from exc

@@ -1,25 +1,52 @@
-"""Score annotation events off the webhook thread, through the server's batcher.
+"""Process Label Studio events from the outbox's inbox, off the webhook thread.
 
-The HTTP handler only parses and enqueues (bounded), so Label Studio gets its
-answer at once. One worker scores each event with ``score`` (the server's
-:meth:`Batcher.score`, which also records flags in the outbox, so every sink
-and WatchFlags sees them) and hands the :class:`WriteBack` to ``on_scored``
-(the durable write-back queue, :mod:`labelwatch.labelstudio.writequeue`).
+The HTTP handler stores each event in the outbox (``ls_events``, committed)
+before it answers 202, so an event Label Studio was told about survives a crash
+or a kill -9 of labelwatch; it is processed by whichever process runs next. One
+worker per process claims stored events (leased; see
+:mod:`labelwatch.outbox.ls_events`) and for each:
+
+* an annotation created or updated: scores it with ``score`` (the server's
+  :meth:`Batcher.score`, which also records flags in the outbox, so every sink
+  and WatchFlags sees them), then, in one transaction, removes the event, queues
+  the :class:`WriteBack` (when write-back is on) and records the annotation as
+  seen (task, annotator, tags given and flagged);
+* an annotation deleted: looks up the task the annotation was scored for and
+  queues a deleting write-back (entry removed, task summary recomputed, stale
+  review prediction deleted); an annotation never scored is only logged.
+
+An event that fails (scoring failed, the outbox could not be written) is retried
+with backoff up to ``max_attempts`` times, then dropped and logged; an event
+that no longer parses is dropped at once. Flags are keyed by example, model and
+tags, so an event scored again after a crash records no second flag.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import queue
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 from labelwatch.domain import LabeledExample, ScoredBatch
-from labelwatch.labelstudio.webhook import AnnotationEvent
+from labelwatch.labelstudio.leases import lease_owner
+from labelwatch.labelstudio.webhook import (
+    AnnotationEvent,
+    Deletion,
+    Mappings,
+    PayloadError,
+    parse_stored,
+)
 from labelwatch.labelstudio.writequeue import WriteBack
+from labelwatch.outbox import Outbox, OutboxError, QueuedEvent, SeenAnnotation
+from labelwatch.sinks.base import RetryPolicy
 
 log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 120.0
+"""How long a claimed event stays invisible to other processes (a killed one's come back)."""
 
 
 def annotation_score(
@@ -60,85 +87,226 @@ def annotation_score(
     )
 
 
-class AnnotationProcessor:
-    """Bounded queue of :class:`AnnotationEvent` -> score -> ``on_scored(write)``.
+def seen_annotation(
+    event: AnnotationEvent, write: WriteBack, class_names: Sequence[str]
+) -> SeenAnnotation:
+    """What the outbox keeps of a scored annotation version.
 
-    ``score``: examples -> :class:`ScoredBatch`; ``on_scored`` may raise (logged:
-    the annotation is then not written back). ``observe(outcome, seconds)`` is
-    called per event with ``scored`` or ``failed`` and the seconds it took from
-    leaving the queue to being handed on (metrics).
+    ``payload``: ``{"given": [tags among the classes], "issues": [[label, kind,
+    probability], ...], "model_version": ...}``.
+    """
+    labels = event.example.labels
+    payload = {
+        "given": [name for k, name in enumerate(class_names) if bool(labels[k])],
+        "issues": [list(issue) for issue in write.issues],
+        "model_version": write.model_version,
+    }
+    return SeenAnnotation(
+        annotation_id=event.annotation_id,
+        project_id=event.project_id,
+        task_id=event.task_id,
+        version=event.version,
+        annotator=event.example.annotator_id,
+        payload=json.dumps(payload, ensure_ascii=False, sort_keys=True),
+    )
+
+
+class AnnotationProcessor:
+    """A thread processing the stored Label Studio events of ``outbox`` (see the module doc).
+
+    ``score``: examples -> :class:`ScoredBatch`; ``writeback``: whether to queue
+    write-backs (``--ls-writeback-url`` set); ``on_queued()`` is called after a
+    write-back was queued (wakes the write-back worker). ``observe(outcome,
+    seconds)`` is called per event with ``scored``, ``deleted`` or ``failed`` and
+    the seconds it took to process (metrics).
     """
 
     def __init__(
         self,
+        outbox: Outbox,
         score: Callable[[Sequence[LabeledExample]], ScoredBatch],
         class_names: Sequence[str],
+        mappings: Mappings,
         *,
-        max_queued: int,
-        on_scored: Callable[[WriteBack], None] | None = None,
+        writeback: bool,
+        policy: RetryPolicy,
+        on_queued: Callable[[], None] = lambda: None,
         observe: Callable[[str, float], None] = lambda outcome, seconds: None,
+        max_attempts: int = 5,
+        batch: int = 16,
+        idle_seconds: float = 1.0,
+        rng: random.Random | None = None,
     ) -> None:
+        self._outbox = outbox
         self._score = score
         self._class_names = tuple(class_names)
-        self._on_scored = on_scored
+        self._mappings = mappings
+        self._writeback = writeback
+        self._policy = policy
+        self._on_queued = on_queued
         self._observe = observe
-        self._queue: queue.Queue[AnnotationEvent | None] = queue.Queue(maxsize=max_queued)
-        self._worker = threading.Thread(target=self._run, name="ls-annotations", daemon=True)
-        self._worker.start()
+        self._max_attempts = max_attempts
+        self._batch = batch
+        self._idle = idle_seconds
+        self._rng = rng or random.Random()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="ls-annotations", daemon=True)
 
-    def submit(self, event: AnnotationEvent) -> bool:
-        """Queue ``event``; False when the queue is full (the caller answers 503)."""
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            return False
-        return True
+    def start(self) -> None:
+        """Start processing (events stored by an earlier run, or another process, first)."""
+        self._thread.start()
+
+    def wake(self) -> None:
+        """An event was stored: look now rather than at the next idle poll."""
+        self._wake.set()
 
     @property
     def depth(self) -> int:
-        """Annotations waiting to be scored."""
-        return self._queue.qsize()
+        """Events stored and not processed yet (all processes sharing the outbox)."""
+        try:
+            return self._outbox.ls_event_backlog()[0]
+        except OutboxError:
+            return 0
 
     def close(self, timeout: float = 5.0) -> None:
-        """Score what is queued (within ``timeout`` seconds), then stop the worker."""
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            log.warning("event=ls_queue_not_drained queued=%d", self._queue.qsize())
-            return
-        self._worker.join(timeout)
+        """Stop after the event in progress; what is left stays stored for the next start."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
-    def _run(self) -> None:
-        while True:
-            event = self._queue.get()
-            if event is None:
-                return
+    def _loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                pause = self.drain_once()
+                failures = 0
+            except OutboxError as exc:
+                failures += 1
+                log.error("event=ls_inbox_error error=%r", str(exc))
+                pause = self._policy.backoff(failures, self._rng)
+            except Exception:  # a bug must not stop processing silently
+                failures += 1
+                log.exception("event=ls_inbox_worker_error")
+                pause = self._policy.backoff(failures, self._rng)
+            if pause > 0:
+                self._wake.clear()
+                self._wake.wait(pause)
+
+    def drain_once(self) -> float:
+        """Process the due events; return how long to wait before the next pass (seconds)."""
+        claimed = self._outbox.claim_ls_events(
+            self._batch, lease_seconds=LEASE_SECONDS, owner=lease_owner()
+        )
+        for i, item in enumerate(claimed):
+            if self._stopping.is_set():
+                self._outbox.release_ls_events([c.event_id for c in claimed[i:]])
+                return 0.0
             started = time.perf_counter()
-            ok = self._process(event)
-            self._observe("scored" if ok else "failed", time.perf_counter() - started)
+            outcome = self._process(item)
+            self._observe(outcome, time.perf_counter() - started)
+        if claimed:
+            return 0.0
+        due = self._outbox.next_ls_event_due_in()
+        return self._idle if due is None else min(self._idle, due)
 
-    def _process(self, event: AnnotationEvent) -> bool:
-        ids = f"task={event.task_id} annotation={event.annotation_id}"
+    def _process(self, item: QueuedEvent) -> str:
+        """Process one stored event; returns ``scored``, ``deleted``, ``failed`` or ``retry``."""
         try:
-            batch = self._score([event.example])
+            event = parse_stored(item.payload, self._mappings, self._class_names)
+        except (PayloadError, ValueError) as exc:
+            log.error("event=ls_event_dropped id=%d reason=%r", item.event_id, str(exc))
+            self._outbox.finish_ls_event(item.event_id)
+            return "failed"
+        if event is None:
+            self._outbox.finish_ls_event(item.event_id)
+            return "failed"
+        try:
+            if isinstance(event, Deletion):
+                return self._delete(item, event)
+            return self._annotation(item, event)
+        except OutboxError:
+            raise  # the loop backs off; the lease returns the event later
         except Exception as exc:  # logged with the ids; Label Studio already got its 202
-            log.error("event=ls_annotation_not_scored %s error=%s", ids, exc)
-            return False
+            return self._failed(item, exc)
+
+    def _annotation(self, item: QueuedEvent, event: AnnotationEvent) -> str:
+        batch = self._score([event.example])
         result = annotation_score(event, batch, self._class_names)
+        self._outbox.finish_ls_event(
+            item.event_id,
+            write=result.queued() if self._writeback else None,
+            seen=seen_annotation(event, result, self._class_names),
+        )
+        if self._writeback:
+            self._on_queued()
         log.info(
-            "event=ls_annotation_scored project=%d %s label_quality=%.4f flagged=%s "
-            "unknown_tags=%d",
+            "event=ls_annotation_scored project=%d task=%d annotation=%d label_quality=%.4f "
+            "flagged=%s unknown_tags=%d",
             event.project_id,
-            ids,
+            event.task_id,
+            event.annotation_id,
             result.label_quality,
             result.flagged,
             len(event.unknown_tags),
         )
-        if self._on_scored is None:
-            return True
-        try:
-            self._on_scored(result)
-        except Exception as exc:  # e.g. the outbox cannot be written right now
-            log.error("event=ls_writeback_not_queued %s error=%s", ids, exc)
-            return False
-        return True
+        return "scored"
+
+    def _delete(self, item: QueuedEvent, event: Deletion) -> str:
+        seen = self._outbox.ls_annotation(event.annotation_id)
+        if seen is None:
+            self._outbox.finish_ls_event(item.event_id)
+            log.info("event=ls_annotation_deleted_unknown annotation=%d", event.annotation_id)
+            return "deleted"
+        write = WriteBack(
+            project_id=seen.project_id,
+            task_id=seen.task_id,
+            annotation_id=seen.annotation_id,
+            version=f"deleted:{item.event_id}",
+            label_quality=1.0,
+            flagged=False,
+            issues=(),
+            suggested=(),
+            model_version="",
+            choices_name="",
+            to_name="",
+            deleted=True,
+        )
+        self._outbox.finish_ls_event(
+            item.event_id,
+            write=write.queued() if self._writeback else None,
+            forget_annotation=seen.annotation_id,
+        )
+        if self._writeback:
+            self._on_queued()
+        log.info(
+            "event=ls_annotation_deleted task=%d annotation=%d", seen.task_id, seen.annotation_id
+        )
+        return "deleted"
+
+    def _failed(self, item: QueuedEvent, exc: Exception) -> str:
+        attempt = item.attempts + 1
+        if attempt >= self._max_attempts:
+            self._outbox.finish_ls_event(item.event_id)
+            log.error(
+                "event=ls_event_dropped id=%d annotation=%d attempts=%d error=%r",
+                item.event_id,
+                item.annotation_id,
+                attempt,
+                str(exc),
+            )
+            return "failed"
+        wait = self._policy.backoff(attempt, self._rng)
+        self._outbox.retry_ls_event(
+            item.event_id, due_at=self._outbox.clock() + wait, error=str(exc)
+        )
+        log.warning(
+            "event=ls_event_failed id=%d annotation=%d attempt=%d retry_in=%.1fs error=%r",
+            item.event_id,
+            item.annotation_id,
+            attempt,
+            wait,
+            str(exc),
+        )
+        return "retry"

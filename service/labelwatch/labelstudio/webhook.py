@@ -2,7 +2,9 @@
 
 Label Studio POSTs ``{"action": "ANNOTATION_CREATED" | "ANNOTATION_UPDATED" | ...,
 "annotation": {"id", "result": [...], "completed_by", "updated_at", ...},
-"task": {"id", "data": {...}, "project"}, "project": {"id", ...}}``. A
+"task": {"id", "data": {...}, "project"}, "project": {"id", ...}}``, and for a
+deletion ``{"action": "ANNOTATIONS_DELETED", "annotations": [{"id"}, ...],
+"project": {...}}`` (ids only: the task is found in labelwatch's own records). A
 :class:`ProjectMapping` says which ``data`` key holds the text and which
 ``Choices`` control holds the tags.
 """
@@ -19,6 +21,9 @@ from labelwatch.codec.labelstudio import example_from_annotation
 from labelwatch.domain import LabeledExample
 
 ANNOTATION_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
+DELETE_ACTION = "ANNOTATIONS_DELETED"
+WEBHOOK_ACTIONS = ANNOTATION_ACTIONS | {DELETE_ACTION}
+"""Every action ``labelwatch label-studio connect`` subscribes the webhook to."""
 
 
 class PayloadError(ValueError):
@@ -169,3 +174,63 @@ def parse_event(
         unknown_tags=unknown,
         example=example,
     )
+
+
+@dataclass(frozen=True)
+class Received:
+    """A webhook body checked and split into inbox rows ``(annotation_id, action, payload)``.
+
+    ``payload`` is JSON that :func:`parse_stored` reads back; ``example_id`` and
+    ``unknown_tags`` are for the 202 answer (annotation events only).
+    """
+
+    rows: tuple[tuple[int, str, str], ...]
+    example_id: str = ""
+    unknown_tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """Label Studio deleted annotation ``annotation_id``."""
+
+    annotation_id: int
+
+
+def receive(
+    payload: Any, mappings: ProjectMapping | Mappings, class_names: Sequence[str]
+) -> Received | None:
+    """Check ``payload`` and split it into inbox rows; None for actions labelwatch ignores.
+
+    Raises :class:`PayloadError` for a malformed event of an action it handles.
+    """
+    if isinstance(payload, dict) and payload.get("action") == DELETE_ACTION:
+        items = payload.get("annotations")
+        if not isinstance(items, list):
+            raise PayloadError(f"{DELETE_ACTION} without an 'annotations' list")
+        ids = [_int(item, "annotations[].id") for item in items]
+        return Received(
+            tuple(
+                (i, DELETE_ACTION, json.dumps({"action": DELETE_ACTION, "annotation_id": i}))
+                for i in ids
+            )
+        )
+    event = parse_event(payload, mappings, class_names)
+    if event is None:
+        return None
+    raw = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return Received(
+        ((event.annotation_id, event.action, raw),), event.example.id, event.unknown_tags
+    )
+
+
+def parse_stored(
+    payload: str, mappings: ProjectMapping | Mappings, class_names: Sequence[str]
+) -> AnnotationEvent | Deletion | None:
+    """An inbox row's payload (from :func:`receive`) as the event to process.
+
+    Raises :class:`PayloadError` if it no longer parses (e.g. the mappings changed).
+    """
+    body = json.loads(payload)
+    if isinstance(body, dict) and body.get("action") == DELETE_ACTION:
+        return Deletion(_int(body.get("annotation_id"), "annotation_id"))
+    return parse_event(body, mappings, class_names)

@@ -19,6 +19,10 @@ it apart from pre-annotations made by ``/predict``), ``model_version`` =
 labelwatch's. Other review predictions (stale ones, e.g. of an annotation since
 corrected) are deleted, and none is left when no annotation is flagged.
 
+A deleted annotation (``WriteBack.deleted``) loses its entry; the summary is
+recomputed over the others (and removed when none is left), and the review
+prediction follows (deleted when no annotation is flagged any more).
+
 Idempotent per annotation version: writing the same version again leaves the task
 as it was (same data, the same single prediction), so a retry after a crash or a
 redelivered webhook changes nothing.
@@ -72,12 +76,29 @@ def _entry(write: WriteBack) -> dict[str, Any]:
     }
 
 
+SUMMARY_KEYS = (
+    "labelwatch_score",
+    "labelwatch_flagged",
+    "labelwatch_issues",
+    "labelwatch_annotation",
+    "labelwatch_annotation_version",
+    "labelwatch_model_version",
+)
+
+
 def merged_data(data: dict[str, Any], write: WriteBack) -> dict[str, Any]:
     """The task ``data`` after ``write`` (see the module docstring); ``data`` is not changed."""
     out = dict(data)
     annotations = out.get("labelwatch_annotations")
     entries = dict(annotations) if isinstance(annotations, dict) else {}
-    entries[str(write.annotation_id)] = _entry(write)
+    if write.deleted:
+        entries.pop(str(write.annotation_id), None)
+        if not entries:
+            for key in ("labelwatch_annotations", *SUMMARY_KEYS):
+                out.pop(key, None)
+            return out
+    else:
+        entries[str(write.annotation_id)] = _entry(write)
     worst_id, worst = min(entries.items(), key=lambda kv: (float(kv[1]["score"]), kv[0]))
     out.update(
         {

@@ -6,8 +6,9 @@ survives a restart of labelwatch), one pending write per annotation: a newer
 version of an annotation replaces the write still waiting for an older one.
 
 :class:`WriteBackWorker` drains it (see its docstring). Several processes
-(``--workers``) may drain the same table: a row is claimed in a transaction, so
-only one of them writes it at a time.
+(``--workers``) may drain the same table: a row is claimed in a transaction and
+leased with every other write of its task, so only one of them writes a task at a
+time (no annotation's entry is lost to two read-merge-patches crossing).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from labelwatch.labelstudio.client import LabelStudioError
-from labelwatch.outbox import Outbox, OutboxError
+from labelwatch.labelstudio.leases import lease_owner
+from labelwatch.outbox import NewWrite, Outbox, OutboxError
 from labelwatch.sinks.base import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -47,11 +49,16 @@ class WriteBack:
     to_name: str
     # the highest error probability of the flagged tags (None: none, or no tag-context model)
     error_probability: float | None = None
+    deleted: bool = False  # the annotation was deleted: remove its entry, keep nothing else
 
     @property
     def key(self) -> str:
         """The queue key: one pending write per annotation."""
         return f"{self.task_id}:{self.annotation_id}"
+
+    def queued(self) -> NewWrite:
+        """This write as a row of the outbox's write-back queue."""
+        return NewWrite(self.key, self.task_id, self.version, self.to_json())
 
     def to_json(self) -> str:
         """This write as a JSON object."""
@@ -83,7 +90,7 @@ class WriteBackQueue:
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
         self.listeners: list[Callable[[], None]] = []
-        """Called after :meth:`put` stored a write (wakes the worker)."""
+        """Called after :meth:`put` stored a write, or :meth:`notify` (wakes the worker)."""
 
     def clock(self) -> float:
         """Now, in unix seconds (the outbox's clock)."""
@@ -91,13 +98,19 @@ class WriteBackQueue:
 
     def put(self, write: WriteBack) -> None:
         """Store ``write``, replacing a waiting write of an older version of the annotation."""
-        self._outbox.put_writeback(write.key, write.version, write.to_json())
+        self._outbox.put_writeback(write.key, write.version, write.to_json(), task_id=write.task_id)
+        self.notify()
+
+    def notify(self) -> None:
+        """Tell the listeners a write was queued (also by the event inbox's transaction)."""
         for callback in list(self.listeners):
             callback()
 
     def claim(self, limit: int, *, lease_seconds: float = LEASE_SECONDS) -> list[Claimed]:
         """Up to ``limit`` due writes, oldest due first, leased for ``lease_seconds``."""
-        rows = self._outbox.claim_writebacks(limit, lease_seconds=lease_seconds)
+        rows = self._outbox.claim_writebacks(
+            limit, lease_seconds=lease_seconds, owner=lease_owner()
+        )
         return [Claimed(WriteBack.from_json(row.payload), row.attempts) for row in rows]
 
     def done(self, write: WriteBack) -> None:

@@ -17,7 +17,7 @@ from labelwatch.outbox import OutboxError
 
 PATHS = ("/webhook", "/predict", "/setup", "/health", "/", "/webhook-test")
 """``path`` label values; any other path is counted as ``other``."""
-ANNOTATION_OUTCOMES = ("scored", "failed")
+ANNOTATION_OUTCOMES = ("scored", "deleted", "retry", "failed")
 WRITEBACK_OUTCOMES = ("written", "retry", "dropped")
 
 _SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -46,8 +46,10 @@ class LabelStudioMetrics:
 
     * ``labelwatch_http_requests_total{path,status}``: requests answered on ``--http-port``.
     * ``labelwatch_http_request_seconds{path}``: time to answer one (a webhook is only queued).
-    * ``labelwatch_ls_queue_depth``: annotations waiting to be scored (see :meth:`track_queue`).
-    * ``labelwatch_ls_annotations_total{outcome}``: annotations ``scored`` or ``failed``.
+    * ``labelwatch_ls_queue_depth``: events stored and waiting (see :meth:`track_queue`).
+    * ``labelwatch_ls_annotations_total{outcome}``: events ``scored``, ``deleted`` (an
+      annotation deletion applied), ``retry`` (failed, tried again later) or ``failed``
+      (dropped after the last try, or unreadable).
     * ``labelwatch_ls_annotation_processing_seconds``: scoring one annotation and queueing its
       write-back (the time in the queue not included).
     * ``labelwatch_ls_writebacks_total{outcome}``: write-back attempts: ``written``, ``retry``
@@ -74,12 +76,13 @@ class LabelStudioMetrics:
         )
         self.queue_depth = Gauge(
             "labelwatch_ls_queue_depth",
-            "Label Studio annotations received and waiting to be scored.",
+            "Label Studio events stored (answered 202) and waiting to be processed.",
             registry=registry,
         )
         self.annotations = Counter(
             "labelwatch_ls_annotations_total",
-            "Label Studio annotations taken off the queue, by outcome (scored, failed).",
+            "Label Studio events processed from the stored inbox, by outcome "
+            "(scored, deleted, retry, failed).",
             ["outcome"],
             registry=registry,
         )
@@ -107,7 +110,7 @@ class LabelStudioMetrics:
         self.request_seconds.labels(label).observe(seconds)
 
     def observe_annotation(self, outcome: str, seconds: float) -> None:
-        """Count one annotation taken off the queue (``scored`` or ``failed``)."""
+        """Count one event processed (an :data:`ANNOTATION_OUTCOMES` value)."""
         self.annotations.labels(outcome).inc()
         self.processing_seconds.observe(seconds)
 

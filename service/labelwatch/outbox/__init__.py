@@ -25,7 +25,10 @@ Modules (one per table or concern):
 ``retention``
     pruning by age and size; ``meta`` counters of what was pruned.
 ``writeback``
-    ``ls_writebacks``: the Label Studio write-back queue.
+    ``ls_writebacks``: the Label Studio write-back queue (leased per task).
+``ls_events``
+    ``ls_events`` and ``ls_annotations``: Label Studio webhook events stored
+    before their 202, and the last scored version of each annotation.
 
 The outbox never raises ``sqlite3`` errors: every failure to open, read or
 write becomes :class:`OutboxError`. After a failed write :attr:`Outbox.writable`
@@ -50,16 +53,20 @@ from __future__ import annotations
 
 from labelwatch.outbox.dead_letters import DeadLetters
 from labelwatch.outbox.flags import FlagRows
+from labelwatch.outbox.ls_events import LsEvents
 from labelwatch.outbox.records import (
     AckResult,
     Backlog,
     Consumer,
     ConsumerKind,
     DeadLetter,
+    NewWrite,
     OutboxError,
     PruneResult,
+    QueuedEvent,
     QueuedWrite,
     RetentionPolicy,
+    SeenAnnotation,
     UnknownConsumer,
 )
 from labelwatch.outbox.retention import Retention
@@ -73,16 +80,19 @@ __all__ = [
     "Consumer",
     "ConsumerKind",
     "DeadLetter",
+    "NewWrite",
     "Outbox",
     "OutboxError",
     "PruneResult",
+    "QueuedEvent",
     "QueuedWrite",
     "RetentionPolicy",
+    "SeenAnnotation",
     "UnknownConsumer",
 ]
 
 
-class Outbox(DeadLetters, FlagRows, Retention, WriteBacks):
+class Outbox(DeadLetters, FlagRows, LsEvents, Retention, WriteBacks):
     """The outbox at ``path``; see :class:`~labelwatch.outbox.store.Store` for the arguments.
 
     Thread-safe (one connection under a lock); other processes may open the same
@@ -91,6 +101,7 @@ class Outbox(DeadLetters, FlagRows, Retention, WriteBacks):
     :meth:`ack`, ...), sinks (:meth:`next_for_sink`, :meth:`delivered`,
     :meth:`dead_letter`, :meth:`backlog`, ...), retention (:meth:`prune`,
     :meth:`counters`, :meth:`size_bytes`), the Label Studio write-back queue
-    (``*_writeback*``), and health (:attr:`writable`, :meth:`probe`,
+    (``*_writeback*``), the Label Studio event inbox (``*ls_event*``,
+    :meth:`ls_annotation`), and health (:attr:`writable`, :meth:`probe`,
     :meth:`integrity_check`, :meth:`close`).
     """

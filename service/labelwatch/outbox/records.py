@@ -98,3 +98,44 @@ class QueuedWrite:
     version: str
     payload: str
     attempts: int
+
+
+@dataclass(frozen=True)
+class QueuedEvent:
+    """A Label Studio webhook event stored in ``ls_events``, as claimed.
+
+    ``event_id``: arrival order; ``payload``: the webhook body as JSON (its meaning
+    is :mod:`labelwatch.labelstudio.inbox`'s); ``attempts``: failed tries so far.
+    """
+
+    event_id: int
+    annotation_id: int
+    action: str
+    payload: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class NewWrite:
+    """A write-back to queue: ``key`` = ``<task>:<annotation>``, payload JSON."""
+
+    key: str
+    task_id: int
+    version: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class SeenAnnotation:
+    """The last scored version of a Label Studio annotation (``ls_annotations``).
+
+    ``payload``: JSON owned by :mod:`labelwatch.labelstudio.inbox` (tags given,
+    classes flagged, flag id); ``annotator``: ``""`` when unknown.
+    """
+
+    annotation_id: int
+    project_id: int
+    task_id: int
+    version: str
+    annotator: str
+    payload: str

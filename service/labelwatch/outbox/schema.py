@@ -18,6 +18,10 @@ Versions:
 2. ``ls_writebacks``: the Label Studio write-back queue. Before version 2 it was
    created on first use outside the version, so a version-1 file may already hold
    it (with rows): the statements are ``IF NOT EXISTS`` and keep them.
+3. ``ls_events`` (Label Studio webhook events, stored before the 202) and
+   ``ls_annotations`` (the last scored version of each annotation); the
+   write-back queue gets ``task_id``, ``lease_until`` and ``lease_owner`` (one
+   task written by one process at a time; a dead owner's leases can be released).
 
 To change the schema, append a :class:`Migration` (never edit a released one);
 see the :mod:`labelwatch.outbox` docstring.
@@ -100,6 +104,41 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS ls_writebacks_due ON ls_writebacks (due_at)",
         ),
     ),
+    Migration(
+        3,
+        "Label Studio event inbox (ls_events), annotations seen (ls_annotations), "
+        "write-back leases per task",
+        (
+            """CREATE TABLE ls_events (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                annotation_id INTEGER NOT NULL,
+                action TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                received_at REAL NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                due_at REAL NOT NULL,
+                error TEXT NOT NULL DEFAULT '',
+                lease_owner TEXT NOT NULL DEFAULT ''
+            )""",
+            "CREATE INDEX ls_events_annotation ON ls_events (annotation_id, id)",
+            """CREATE TABLE ls_annotations (
+                annotation_id INTEGER PRIMARY KEY,
+                project_id INTEGER NOT NULL,
+                task_id INTEGER NOT NULL,
+                version TEXT NOT NULL,
+                annotator TEXT NOT NULL DEFAULT '',
+                payload TEXT NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+            "ALTER TABLE ls_writebacks ADD COLUMN task_id INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE ls_writebacks ADD COLUMN lease_until REAL NOT NULL DEFAULT 0",
+            "ALTER TABLE ls_writebacks ADD COLUMN lease_owner TEXT NOT NULL DEFAULT ''",
+            # rows queued by version 2 carry their task only in the key '<task>:<annotation>'
+            "UPDATE ls_writebacks SET task_id = CAST(substr(key, 1, instr(key, ':') - 1) "
+            "AS INTEGER)",
+            "CREATE INDEX ls_writebacks_task ON ls_writebacks (task_id, lease_until)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
@@ -133,12 +172,16 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
         # a new file: created as releases up to version 1 created it (see the docstring)
         for statement in MIGRATIONS[0].statements:
             conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {int(MIGRATIONS[0].version)}")
     ran = initial == 0
     conn.execute("BEGIN IMMEDIATE")
     try:
         found = user_version(conn)  # again, under the write lock: another process may have won
         _check_not_newer(found, path)
+        if found == 0:
+            # version 1's statements ran above; set it here, under the lock, so a process
+            # that created the file at the same time never moves a newer version back to 1
+            found = MIGRATIONS[0].version
+            conn.execute(f"PRAGMA user_version = {int(found)}")
         for migration in MIGRATIONS:
             if migration.version <= found:
                 continue

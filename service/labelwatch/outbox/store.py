@@ -25,6 +25,10 @@ from labelwatch.outbox.schema import migrate
 log = logging.getLogger(__name__)
 
 
+class _Locked(Exception):
+    """Opening met ``database is locked`` (retried by :meth:`Store._connect`)."""
+
+
 class Store:
     """The outbox file at ``path`` (created with its parent directories if missing).
 
@@ -68,6 +72,18 @@ class Store:
     def _connect(self) -> sqlite3.Connection:
         if self._conn is not None:
             return self._conn
+        # processes creating one new file at once (--workers) can meet SQLITE_BUSY while
+        # one of them switches it to WAL, which SQLite reports without waiting: try again
+        deadline = time.monotonic() + self._busy_ms / 1000
+        while True:
+            try:
+                return self._open()
+            except _Locked as exc:
+                if time.monotonic() >= deadline:
+                    raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+                time.sleep(0.02)
+
+    def _open(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = None
         try:
             if self._create:
@@ -91,6 +107,8 @@ class Store:
                 conn.close()
             if isinstance(exc, OutboxError):
                 raise
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise _Locked(str(exc)) from exc
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
         self._conn = conn
         return conn
