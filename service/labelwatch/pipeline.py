@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from labelwatch.annotators import AnnotatorTally
 from labelwatch.calibration import CalibrationArtifact
 from labelwatch.domain import InputKind, LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import ModelFailure, OutboxUnavailable, StartupError
@@ -55,8 +56,8 @@ class Pipeline:
     """Scores batches of :class:`LabeledExample` against one model and artifact.
 
     With an ``outbox``, :meth:`score` stores the batch's flags there (one
-    transaction) before it returns, and raises :class:`OutboxUnavailable`
-    instead of returning results whose flags were not recorded.
+    transaction, with the per-annotator counts) before it returns, and raises
+    :class:`OutboxUnavailable` instead of returning results whose flags were not recorded.
     """
 
     def __init__(
@@ -79,6 +80,8 @@ class Pipeline:
         self.model_version = model_version
         self.metrics = metrics
         self.outbox = outbox
+        self.annotators = AnnotatorTally()
+        """Per-annotator counts, stored with the flags (see :mod:`labelwatch.annotators`)."""
         self.spec = ModelSpec(
             input_kind=model.input_kind if model else InputKind.PROBABILITIES_ONLY,
             feature_dim=model.feature_dim if model else None,
@@ -150,9 +153,11 @@ class Pipeline:
         """
         if self.outbox is not None:
             flags = [f for b in batches for f in flags_from_batch(b, self.spec.class_names)]
+            annotators = self.annotators.add(batches, force=bool(flags))
             try:
-                self.outbox.write(flags)
+                self.outbox.write(flags, annotators=annotators)
             except OutboxError as exc:
+                self.annotators.give_back(annotators)
                 raise OutboxUnavailable(
                     "the server cannot record flags right now (its flag outbox is not "
                     "writable), so it returns no scores; retry later or on another replica"

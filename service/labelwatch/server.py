@@ -34,13 +34,14 @@ from labelwatch.grpc.servicer import LabelQualityServicer
 from labelwatch.healthcheck import ServerState, write_state
 from labelwatch.labelstudio.http import LabelStudioHttp
 from labelwatch.labelstudio.http import from_settings as label_studio_http
-from labelwatch.metrics import Metrics
+from labelwatch.metrics import AnnotatorCollector, Metrics, VerdictMetrics
 from labelwatch.model import OnnxModel, SessionSettings, file_sha256
 from labelwatch.outbox import Outbox
 from labelwatch.pipeline import Pipeline
 from labelwatch.scoring import FilterBy
 from labelwatch.scoring.budget import check_budget
 from labelwatch.security.layer import SecurityLayer, build_security
+from labelwatch.verdicts import VerdictBook
 from labelwatch_proto.labelwatch.v1 import flags_pb2_grpc
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
@@ -287,7 +288,14 @@ def start(
         admission=security.admission,
     )
     pb_grpc.add_LabelQualityServicer_to_server(servicer, server)
-    flags_pb2_grpc.add_FlagFeedServicer_to_server(FlagFeedServicer(delivery.feed), server)
+    verdict_metrics = VerdictMetrics(
+        registry, pipeline.spec.class_names, max_class_series=metrics.max_class_series
+    )
+    verdicts = VerdictBook(delivery.outbox, on_recorded=verdict_metrics.count)
+    if settings.annotator_metrics < 0:
+        raise StartupError("--annotator-metrics must be 0 (aggregates only) or more")
+    registry.register(AnnotatorCollector(verdicts.annotators, top=settings.annotator_metrics))
+    flags_pb2_grpc.add_FlagFeedServicer_to_server(FlagFeedServicer(delivery.feed, verdicts), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -317,7 +325,7 @@ def start(
     ls_http = None
     if settings.http_port:
         ls_http = label_studio_http(
-            settings, pipeline, batcher.score, os.environ, reuse_port=reuse_port
+            settings, pipeline, batcher.score, os.environ, reuse_port=reuse_port, verdicts=verdicts
         )
         ls_http.start()
     server.start()

@@ -83,7 +83,9 @@ _SERVE_ONLY = frozenset(
         "ls_webhook_secret_env",
         "ls_webhook_secret_file",
         "ls_queue_size",
+        "ls_implicit_verdicts",
         "ls_writeback_url",
+        "annotator_metrics",
     }
 )
 """`labelwatch serve` settings that concern its gRPC and HTTP servers: not offered here."""
