@@ -279,6 +279,22 @@ class Settings:
             "past it a webhook gets HTTP 503 (Label Studio does not resend it)."
         },
     )
+    adapt_to_verdicts: bool = field(
+        default=False,
+        metadata={
+            "help": "move per-class cut-offs on flag scores so that each class's flags reach "
+            "--target-precision, measured from reviewers' verdicts (bounded steps, each "
+            "change logged and versioned in the outbox; docs/label-studio.md)."
+        },
+    )
+    target_precision: float = field(
+        default=0.8,
+        metadata={"help": "with --adapt-to-verdicts: the precision of flags to reach, in (0, 1)."},
+    )
+    adapt_interval_seconds: float = field(
+        default=60.0,
+        metadata={"help": "with --adapt-to-verdicts: seconds between adaptation steps."},
+    )
     annotator_metrics: int = field(
         default=0,
         metadata={

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -17,6 +17,7 @@ from labelwatch.metrics import Metrics
 from labelwatch.model import OnnxModel
 from labelwatch.outbox import Outbox, OutboxError
 from labelwatch.scoring import FilterBy, decide
+from labelwatch.scoring.adapt import flag_scores, gate
 
 MODEL_CALL_ROWS = 256
 """Most rows in one onnxruntime call: a merged batch of up to ``--max-batch`` examples runs
@@ -80,6 +81,8 @@ class Pipeline:
         self.model_version = model_version
         self.metrics = metrics
         self.outbox = outbox
+        self.cutoffs: Callable[[], NDArray[np.float64]] | None = None
+        """``(K,)`` per-class cut-offs on flag scores (``--adapt-to-verdicts``), or None."""
         self.annotators = AnnotatorTally()
         """Per-annotator counts, stored with the flags (see :mod:`labelwatch.annotators`)."""
         self.spec = ModelSpec(
@@ -132,17 +135,22 @@ class Pipeline:
         decision = decide(
             self.artifact.fit, probs, labels, self.filter_by, flag_budget=self.flag_budget
         )
+        flags, chances = decision.flags, decision.error_probability
+        if self.cutoffs is not None:  # --adapt-to-verdicts: per-class cut-offs on the flags
+            flags = gate(flags, flag_scores(probs, labels, chances), self.cutoffs())
+            if chances is not None:
+                chances = np.where(flags, chances, np.nan)
         self.metrics.scoring_seconds.observe(time.perf_counter() - started)
         return ScoredBatch(
             examples=tuple(examples),
             probabilities=probs,
             labels=labels,
-            flags=decision.flags,
+            flags=flags,
             label_quality=decision.label_quality,
             t0=self.artifact.fit.thresholds.t0,
             t1=self.artifact.fit.thresholds.t1,
             model_version=self.model_version,
-            error_probability=decision.error_probability,
+            error_probability=chances,
         )
 
     def record(self, batches: Sequence[ScoredBatch]) -> None:

@@ -33,6 +33,8 @@ Modules (one per table or concern):
     ``verdicts``: reviewers' verdicts on flagged classes.
 ``annotators``
     ``annotators``: examples scored and flagged per annotator.
+``cutoffs``
+    ``cutoffs``: versions of the per-class cut-offs adapted to verdicts.
 
 The outbox never raises ``sqlite3`` errors: every failure to open, read or
 write becomes :class:`OutboxError`. After a failed write :attr:`Outbox.writable`
@@ -56,6 +58,7 @@ Adding a table (e.g. verdicts, annotator stats, model versions):
 from __future__ import annotations
 
 from labelwatch.outbox.annotators import Annotators
+from labelwatch.outbox.cutoffs import Cutoffs
 from labelwatch.outbox.dead_letters import DeadLetters
 from labelwatch.outbox.flags import FlagRows
 from labelwatch.outbox.ls_events import LsEvents
@@ -65,6 +68,7 @@ from labelwatch.outbox.records import (
     Backlog,
     Consumer,
     ConsumerKind,
+    CutoffVersion,
     DeadLetter,
     NewWrite,
     OutboxError,
@@ -88,6 +92,7 @@ __all__ = [
     "Backlog",
     "Consumer",
     "ConsumerKind",
+    "CutoffVersion",
     "DeadLetter",
     "NewWrite",
     "Outbox",
@@ -102,7 +107,7 @@ __all__ = [
 ]
 
 
-class Outbox(Annotators, DeadLetters, FlagRows, LsEvents, Retention, Verdicts, WriteBacks):
+class Outbox(Annotators, Cutoffs, DeadLetters, FlagRows, LsEvents, Retention, Verdicts, WriteBacks):
     """The outbox at ``path``; see :class:`~labelwatch.outbox.store.Store` for the arguments.
 
     Thread-safe (one connection under a lock); other processes may open the same

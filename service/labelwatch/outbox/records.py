@@ -174,3 +174,13 @@ class AnnotatorCounts:
     flagged: int
     confirmed: int
     rejected: int
+
+
+@dataclass(frozen=True)
+class CutoffVersion:
+    """One stored version of the adapted cut-offs (``created_at``: unix seconds)."""
+
+    version: int
+    model_version: str
+    created_at: float
+    payload: str

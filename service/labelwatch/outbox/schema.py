@@ -26,6 +26,7 @@ Versions:
    reviewer), with what the flag said about the class (kind, probability,
    calibrated error probability) and its annotator, so statistics outlive the
    flag's retention; ``annotators``: examples scored and flagged per annotator.
+5. ``cutoffs``: versions of the per-class cut-offs adapted to verdicts.
 
 To change the schema, append a :class:`Migration` (never edit a released one);
 see the :mod:`labelwatch.outbox` docstring.
@@ -169,6 +170,19 @@ MIGRATIONS: tuple[Migration, ...] = (
                 flagged INTEGER NOT NULL DEFAULT 0,
                 updated_at REAL NOT NULL
             )""",
+        ),
+    ),
+    Migration(
+        5,
+        "per-class cut-offs adapted to verdicts, versioned",
+        (
+            """CREATE TABLE cutoffs (
+                version INTEGER PRIMARY KEY AUTOINCREMENT,
+                model_version TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                payload TEXT NOT NULL
+            )""",
+            "CREATE INDEX cutoffs_model ON cutoffs (model_version, version)",
         ),
     ),
 )
