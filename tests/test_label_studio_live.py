@@ -35,6 +35,7 @@ import pytest
 import support_delivery
 from labelwatch.cli import main
 from labelwatch.errors import StartupError
+from labelwatch.flag_record import dedupe_key
 from labelwatch.labelstudio import http as ls_http
 from labelwatch.labelstudio import writeback as ls_writeback
 from labelwatch.labelstudio.client import LabelStudioClient
@@ -729,3 +730,68 @@ def test_a_deleted_annotation_leaves_the_task_summary_and_its_prediction(setup: 
     preds = ls.request("GET", f"/api/predictions/?task={task_id}")
     assert [p for p in preds if p["mislabeling"] > 0] == []
     assert _registry_value(server, "labelwatch_ls_annotations_total", outcome="deleted") >= 1
+
+
+def test_updating_a_flagged_annotation_records_implicit_verdicts(setup: Setup) -> None:
+    """Updated to the suggestion: CONFIRMED; updated with the flagged tag kept: REJECTED."""
+    ls, server = setup.ls, setup.server
+    names = server.pipeline.spec.class_names
+    tags, row = _model_tags(server, GNOME)
+    strongest = names[int(np.argmax(row))]
+    absent = names[int(np.argmin(row))]
+    missing = [t for t in tags if t != strongest]
+    spurious = [*tags, absent]
+    fixed_id, kept_id = _import(ls, setup.project_id, [GNOME + " (v1)", GNOME + " (v2)"])
+    fixed = ls.request("POST", f"/api/tasks/{fixed_id}/annotations/", {"result": _choices(missing)})
+    kept = ls.request("POST", f"/api/tasks/{kept_id}/annotations/", {"result": _choices(spurious)})
+
+    def flagged(task_id: int) -> bool:
+        return ls.request("GET", f"/api/tasks/{task_id}")["data"].get("labelwatch_flagged") is True
+
+    wait_until(
+        lambda: flagged(fixed_id) and flagged(kept_id),
+        what="both first versions flagged and written back",
+        timeout=30,
+        interval=0.5,
+    )
+    ls.request("PATCH", f"/api/annotations/{fixed['id']}/", {"result": _choices(tags)})
+    ls.request("PATCH", f"/api/annotations/{kept['id']}/", {"result": _choices(spurious)})
+    version = server.pipeline.model_version
+    fixed_flag = dedupe_key(
+        f"ls-{setup.project_id}-{fixed_id}-{fixed['id']}",
+        version,
+        [t for t in missing if t in names],
+    )
+    kept_flag = dedupe_key(
+        f"ls-{setup.project_id}-{kept_id}-{kept['id']}",
+        version,
+        [t for t in spurious if t in names],
+    )
+    assert server.delivery is not None
+    outbox = server.delivery.outbox
+
+    def verdict(flag_id: str, label: str) -> str | None:
+        rows = outbox.verdicts_of([flag_id]).get(flag_id, [])
+        return next((v.verdict for v in rows if v.label == label), None)
+
+    wait_until(
+        lambda: (
+            verdict(fixed_flag, strongest) is not None and verdict(kept_flag, absent) is not None
+        ),
+        what="implicit verdicts on both updated annotations",
+        timeout=30,
+        interval=0.5,
+    )
+    assert verdict(fixed_flag, strongest) == "CONFIRMED"
+    assert verdict(kept_flag, absent) == "REJECTED"
+    (row_kept,) = [v for v in outbox.verdicts_of([kept_flag])[kept_flag] if v.label == absent]
+    assert row_kept.source == "label-studio" and row_kept.reviewer.startswith("label-studio:")
+    assert row_kept.kind == "spurious"
+    confirmed = sum(
+        sample.value
+        for metric in server.metrics.registry.collect()
+        for sample in metric.samples
+        if sample.name == "labelwatch_flag_verdicts_total"
+        and sample.labels["verdict"] == "CONFIRMED"
+    )
+    assert confirmed >= 1

@@ -21,6 +21,7 @@ _SERVER_COMMANDS: dict[str, str] = {
     "demo": "labelwatch.commands.demo",
     "token": "labelwatch.commands.token",
     "flags": "labelwatch.commands.flags_admin",
+    "annotators": "labelwatch.commands.annotators",
     "consume": "labelwatch.commands.consume",
     "label-studio": "labelwatch.labelstudio.command",
 }

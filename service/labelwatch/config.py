@@ -279,6 +279,39 @@ class Settings:
             "past it a webhook gets HTTP 503 (Label Studio does not resend it)."
         },
     )
+    adapt_to_verdicts: bool = field(
+        default=False,
+        metadata={
+            "help": "move per-class cut-offs on flag scores so that each class's flags reach "
+            "--target-precision, measured from reviewers' verdicts (bounded steps, each "
+            "change logged and versioned in the outbox; docs/label-studio.md)."
+        },
+    )
+    target_precision: float = field(
+        default=0.8,
+        metadata={"help": "with --adapt-to-verdicts: the precision of flags to reach, in (0, 1)."},
+    )
+    adapt_interval_seconds: float = field(
+        default=60.0,
+        metadata={"help": "with --adapt-to-verdicts: seconds between adaptation steps."},
+    )
+    annotator_metrics: int = field(
+        default=0,
+        metadata={
+            "help": "export labelwatch_annotator_error_rate{annotator} for the N annotators "
+            "with the highest estimated error rate (0: only aggregates, so series stay "
+            "bounded); `labelwatch annotators` and GetAnnotatorStats list all of them."
+        },
+    )
+    ls_implicit_verdicts: str = field(
+        default="on",
+        metadata={
+            "help": "on: when a flagged annotation is updated in Label Studio, record a verdict "
+            "per flagged tag (toggled the suggested way = CONFIRMED, left as it was = REJECTED; "
+            "docs/label-studio.md); off: only verdicts reported through gRPC count.",
+            "choices": ("on", "off"),
+        },
+    )
     ls_writeback_url: str | None = field(
         default=None,
         metadata={

@@ -4,13 +4,15 @@ Two formats, chosen by file extension:
 
 * ``.npz`` (``numpy.savez``): ``pred_probs`` ``(N, K)`` floats in ``[0, 1]``,
   ``labels`` ``(N, K)`` 0/1 (or bool), optional ``class_names`` ``(K,)`` strings
-  and ``ids`` ``(N,)`` strings or integers. Other arrays are ignored. Object
+  ``ids`` ``(N,)`` strings or integers and ``annotator_ids`` ``(N,)`` strings.
+  Other arrays are ignored. Object
   arrays (pickles) are refused.
 * ``.jsonl``: one JSON object a line,
   ``{"id": "a1", "labels": ["cat", "dog"], "probabilities": [0.9, 0.8, 0.1]}``.
   Class names give the column order of ``probabilities``; they come from the
   caller (``--class-names`` or a calibration artifact) or from an optional
-  first line ``{"class_names": ["cat", "dog", "bird"]}``. Blank lines are
+  first line ``{"class_names": ["cat", "dog", "bird"]}``. An optional
+  ``"annotator_id"`` (a string) names who labeled the example. Blank lines are
   skipped; other keys are ignored.
 
 Every problem raises :class:`DataError` with one line naming the file, the row
@@ -47,13 +49,15 @@ class LabeledData:
 
     ``pred_probs``: ``(N, K)`` in ``[0, 1]``, float64 (float32 when an ``.npz`` stores it
     so); ``labels``: ``(N, K)`` bool; ``class_names``: ``K`` unique names; ``ids``: ``N``
-    unique ids.
+    unique ids; ``annotator_ids``: ``N`` annotator ids (``""`` unknown), or None when the
+    data names no annotator.
     """
 
     pred_probs: NDArray[np.float64]
     labels: NDArray[np.bool_]
     class_names: tuple[str, ...]
     ids: tuple[str, ...]
+    annotator_ids: tuple[str, ...] | None = None
 
     @property
     def n_examples(self) -> int:
@@ -270,6 +274,11 @@ def _load_npz(path: Path, expected: tuple[str, ...] | None) -> LabeledData:
             if "ids" in npz.files
             else tuple(str(i) for i in range(n))
         )
+        annotators = (
+            _npz_strings(_array(npz, path, "annotator_ids"), path, "annotator_ids", n)
+            if "annotator_ids" in npz.files
+            else None
+        )
     if probs.dtype != np.float32:  # float32 stays: the audit then equals cleanlab's float32 run
         probs = probs.astype(np.float64, copy=False)
     bad = ~np.isfinite(probs)
@@ -306,6 +315,7 @@ def _load_npz(path: Path, expected: tuple[str, ...] | None) -> LabeledData:
         labels=np.ascontiguousarray(raw_labels == 1),
         class_names=names,
         ids=ids,
+        annotator_ids=annotators,
     )
 
 
@@ -442,6 +452,7 @@ def _load_jsonl(
     probs: list[list[float]] = []
     tags: list[list[int]] = []
     ids: list[str] = []
+    annotators: list[str] = []
     first_line: dict[str, int] = {}
     for number, obj in rows:
         where = f"{path} line {number}"
@@ -453,6 +464,10 @@ def _load_jsonl(
             raise DataError(f"{where}: field 'id': {id_!r} duplicates line {first_line[id_]}")
         first_line[id_] = number
         ids.append(id_)
+        who = obj.get("annotator_id", "")
+        if not isinstance(who, str):
+            raise DataError(f"{where}: field 'annotator_id': must be a string")
+        annotators.append(who)
         probs.append(_jsonl_probs(obj["probabilities"], where, k))
         tags.append(_jsonl_labels(obj["labels"], where, index))
     if not ids:
@@ -465,6 +480,7 @@ def _load_jsonl(
         labels=labels,
         class_names=names,
         ids=tuple(ids),
+        annotator_ids=tuple(annotators) if any(annotators) else None,
     )
 
 

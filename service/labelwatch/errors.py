@@ -135,3 +135,9 @@ class ModelFailure(PublicError):
 
 class StartupError(Exception):
     """The server cannot start as configured; the message says what to change."""
+
+
+class InvalidVerdict(PublicError):
+    """A reported verdict is malformed or names a class its flag has no issue for."""
+
+    code = ErrorCode.INVALID_ARGUMENT

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
+from labelwatch.annotators import AnnotatorTally
 from labelwatch.calibration import CalibrationArtifact
 from labelwatch.domain import InputKind, LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import ModelFailure, OutboxUnavailable, StartupError
@@ -16,6 +17,7 @@ from labelwatch.metrics import Metrics
 from labelwatch.model import OnnxModel
 from labelwatch.outbox import Outbox, OutboxError
 from labelwatch.scoring import FilterBy, decide
+from labelwatch.scoring.adapt import flag_scores, gate
 
 MODEL_CALL_ROWS = 256
 """Most rows in one onnxruntime call: a merged batch of up to ``--max-batch`` examples runs
@@ -55,8 +57,8 @@ class Pipeline:
     """Scores batches of :class:`LabeledExample` against one model and artifact.
 
     With an ``outbox``, :meth:`score` stores the batch's flags there (one
-    transaction) before it returns, and raises :class:`OutboxUnavailable`
-    instead of returning results whose flags were not recorded.
+    transaction, with the per-annotator counts) before it returns, and raises
+    :class:`OutboxUnavailable` instead of returning results whose flags were not recorded.
     """
 
     def __init__(
@@ -79,6 +81,10 @@ class Pipeline:
         self.model_version = model_version
         self.metrics = metrics
         self.outbox = outbox
+        self.cutoffs: Callable[[], NDArray[np.float64]] | None = None
+        """``(K,)`` per-class cut-offs on flag scores (``--adapt-to-verdicts``), or None."""
+        self.annotators = AnnotatorTally()
+        """Per-annotator counts, stored with the flags (see :mod:`labelwatch.annotators`)."""
         self.spec = ModelSpec(
             input_kind=model.input_kind if model else InputKind.PROBABILITIES_ONLY,
             feature_dim=model.feature_dim if model else None,
@@ -129,17 +135,22 @@ class Pipeline:
         decision = decide(
             self.artifact.fit, probs, labels, self.filter_by, flag_budget=self.flag_budget
         )
+        flags, chances = decision.flags, decision.error_probability
+        if self.cutoffs is not None:  # --adapt-to-verdicts: per-class cut-offs on the flags
+            flags = gate(flags, flag_scores(probs, labels, chances), self.cutoffs())
+            if chances is not None:
+                chances = np.where(flags, chances, np.nan)
         self.metrics.scoring_seconds.observe(time.perf_counter() - started)
         return ScoredBatch(
             examples=tuple(examples),
             probabilities=probs,
             labels=labels,
-            flags=decision.flags,
+            flags=flags,
             label_quality=decision.label_quality,
             t0=self.artifact.fit.thresholds.t0,
             t1=self.artifact.fit.thresholds.t1,
             model_version=self.model_version,
-            error_probability=decision.error_probability,
+            error_probability=chances,
         )
 
     def record(self, batches: Sequence[ScoredBatch]) -> None:
@@ -150,9 +161,11 @@ class Pipeline:
         """
         if self.outbox is not None:
             flags = [f for b in batches for f in flags_from_batch(b, self.spec.class_names)]
+            annotators = self.annotators.add(batches, force=bool(flags))
             try:
-                self.outbox.write(flags)
+                self.outbox.write(flags, annotators=annotators)
             except OutboxError as exc:
+                self.annotators.give_back(annotators)
                 raise OutboxUnavailable(
                     "the server cannot record flags right now (its flag outbox is not "
                     "writable), so it returns no scores; retry later or on another replica"

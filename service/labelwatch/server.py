@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, start_http_server
 
 from labelwatch import __version__, default_model
+from labelwatch.adaptation import Adapter
 from labelwatch.batcher import Batcher
 from labelwatch.calibration import CalibrationArtifact, load_artifact
 from labelwatch.codec import ExampleDecoder
@@ -34,14 +36,16 @@ from labelwatch.grpc.servicer import LabelQualityServicer
 from labelwatch.healthcheck import ServerState, write_state
 from labelwatch.labelstudio.http import LabelStudioHttp
 from labelwatch.labelstudio.http import from_settings as label_studio_http
-from labelwatch.metrics import Metrics
+from labelwatch.metrics import AnnotatorCollector, Metrics, VerdictMetrics
 from labelwatch.model import OnnxModel, SessionSettings, file_sha256
 from labelwatch.outbox import Outbox
 from labelwatch.pipeline import Pipeline
 from labelwatch.portcheck import bind_problem
 from labelwatch.scoring import FilterBy
+from labelwatch.scoring.adapt import AdaptPolicy
 from labelwatch.scoring.budget import check_budget
 from labelwatch.security.layer import SecurityLayer, build_security
+from labelwatch.verdicts import VerdictBook
 from labelwatch_proto.labelwatch.v1 import flags_pb2_grpc
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
@@ -228,6 +232,7 @@ class RunningServer:
     security: SecurityLayer | None = None
     delivery: Delivery | None = None
     label_studio_http: LabelStudioHttp | None = None
+    adapter: Adapter | None = None
     stopped: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace_seconds: float) -> None:
@@ -239,12 +244,53 @@ class RunningServer:
             self.delivery.feed.close()  # WatchFlags streams end now rather than at the grace
         self.server.stop(grace_seconds).wait()
         self.batcher.close()
+        if self.adapter is not None:
+            self.adapter.stop()
         if self.delivery is not None:
             self.delivery.stop()
         if self.metrics_httpd is not None:
             self.metrics_httpd.shutdown()
             self.metrics_httpd.server_close()
         self.stopped.set()
+
+
+def adapter_from(settings: Settings, pipeline: Pipeline, outbox: Outbox) -> Adapter | None:
+    """The cut-off adapter ``--adapt-to-verdicts`` asks for, started and wired into
+    ``pipeline`` (None when off). Raises :class:`StartupError` for a bad target."""
+    if not settings.adapt_to_verdicts:
+        return None
+    try:
+        policy = AdaptPolicy(target=settings.target_precision)
+    except ValueError as exc:
+        raise StartupError(f"--target-precision: {exc}") from exc
+    if settings.adapt_interval_seconds <= 0:
+        raise StartupError("--adapt-interval-seconds must be > 0")
+    adapter = Adapter(
+        outbox,
+        pipeline.spec.class_names,
+        pipeline.model_version,
+        policy,
+        interval_seconds=settings.adapt_interval_seconds,
+    )
+    pipeline.cutoffs = lambda: adapter.cutoffs
+    adapter.start()
+    return adapter
+
+
+def with_cutoffs(info: pb.ModelInfo, adapter: Adapter | None) -> pb.ModelInfo:
+    """``info`` with the adapted cut-offs in force now (GetModelInfo; unchanged when off)."""
+    if adapter is None:
+        return info
+    out = pb.ModelInfo()
+    out.CopyFrom(info)
+    cut = out.adaptive_cutoffs
+    cut.enabled = True
+    cut.target_precision = adapter.policy.target
+    if adapter.version is not None:
+        cut.version = adapter.version.version
+        cut.updated_at = adapter.version.created_at
+    cut.cutoffs.update(adapter.as_dict())
+    return out
 
 
 def start(
@@ -280,15 +326,23 @@ def start(
     batcher = Batcher(
         pipeline, max_batch=settings.max_batch, window_seconds=settings.batch_window_ms / 1000.0
     )
+    adapter = adapter_from(settings, pipeline, delivery.outbox)
     servicer = LabelQualityServicer(
         ExampleDecoder(pipeline.spec, security.limits),
         batcher.score,
-        info,
+        functools.partial(with_cutoffs, info, adapter),
         max_batch=settings.max_batch,
         admission=security.admission,
     )
     pb_grpc.add_LabelQualityServicer_to_server(servicer, server)
-    flags_pb2_grpc.add_FlagFeedServicer_to_server(FlagFeedServicer(delivery.feed), server)
+    verdict_metrics = VerdictMetrics(
+        registry, pipeline.spec.class_names, max_class_series=metrics.max_class_series
+    )
+    verdicts = VerdictBook(delivery.outbox, on_recorded=verdict_metrics.count)
+    if settings.annotator_metrics < 0:
+        raise StartupError("--annotator-metrics must be 0 (aggregates only) or more")
+    registry.register(AnnotatorCollector(verdicts.annotators, top=settings.annotator_metrics))
+    flags_pb2_grpc.add_FlagFeedServicer_to_server(FlagFeedServicer(delivery.feed, verdicts), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -321,7 +375,7 @@ def start(
     ls_http = None
     if settings.http_port:
         ls_http = label_studio_http(
-            settings, pipeline, batcher.score, os.environ, reuse_port=reuse_port
+            settings, pipeline, batcher.score, os.environ, reuse_port=reuse_port, verdicts=verdicts
         )
         ls_http.start()
     server.start()
@@ -360,6 +414,7 @@ def start(
         security=security,
         delivery=delivery,
         label_studio_http=ls_http,
+        adapter=adapter,
     )
 
 

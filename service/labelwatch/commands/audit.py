@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from labelwatch import datasets, report_html
+from labelwatch.annotators import QualityReport, annotator_quality, interval_of, page
 from labelwatch.calibration import ArtifactError, CalibrationArtifact, load_artifact
 from labelwatch.commands._offline import (
     DATA_HELP,
@@ -24,6 +25,7 @@ from labelwatch.commands._offline import (
     pooling_settings,
 )
 from labelwatch.commands.calibrate import check_budget_flag
+from labelwatch.outbox import AnnotatorCounts
 from labelwatch.scoring import (
     FilterBy,
     Pooling,
@@ -79,7 +81,10 @@ SPURIOUS flag p <= threshold. "decided_by" says which bound it is:
                        threshold null
 
 A per-class table (class, tagged, t0, t1, flagged missing, flagged spurious)
-goes to stdout. Exit status: 0 done, 2 bad arguments, data or artifact
+goes to stdout; when DATA names annotators ("annotator_id" in JSONL,
+annotator_ids in .npz), a per-annotator table follows (examples, flagged, and
+an error-rate estimate shrunk towards the global rate, flags taken at face
+value; the 20 highest first). Exit status: 0 done, 2 bad arguments, data or artifact
 (one-line message on stderr), 1 the report cannot be written.
 
 {DATA_HELP}"""
@@ -378,6 +383,55 @@ def print_summary(audit: Audit, out: TextIO) -> None:
     queue = review_queue_line(audit)
     if queue:
         print(queue, file=out)
+    print_annotators(audit, out)
+
+
+ANNOTATOR_ROWS = 20
+"""Annotators shown by :func:`print_annotators` (the highest estimated error rates)."""
+
+
+def annotator_rows(audit: Audit) -> QualityReport | None:
+    """Per-annotator quality of the audited data (None: the data names no annotator)."""
+    who = audit.data.annotator_ids
+    if who is None:
+        return None
+    hits = np.asarray(audit.flags.any(axis=1), dtype=np.bool_).tolist()
+    flagged: list[bool] = [bool(x) for x in hits]
+    tally: dict[str, list[int]] = {}
+    for name, hit in zip(who, flagged, strict=True):
+        if name:
+            row = tally.setdefault(name, [0, 0])
+            row[0] += 1
+            row[1] += int(bool(hit))
+    counts = [AnnotatorCounts(name, s, f, 0, 0) for name, (s, f) in sorted(tally.items())]
+    return annotator_quality(counts)
+
+
+def print_annotators(audit: Audit, out: TextIO) -> None:
+    """Print the per-annotator table (nothing when the data names no annotator)."""
+    report = annotator_rows(audit)
+    if report is None or not report.annotators:
+        return
+    rows, _ = page(report, order_by="error_rate", descending=True, offset=0, limit=ANNOTATOR_ROWS)
+    width = min(max([9, *(len(q.annotator_id) for q in rows)]), 32)
+    print(file=out)
+    print(
+        f"{'annotator':<{width}}  {'examples':>8}  {'flagged':>8}  {'raw rate':>8}  "
+        f"{'est rate':>8}  95% interval",
+        file=out,
+    )
+    for q in rows:
+        r = interval_of(q, report)
+        print(
+            f"{q.annotator_id[:width]:<{width}}  {q.scored:>8}  {q.flagged:>8}  "
+            f"{q.raw_rate:>8.4f}  {r.estimate:>8.4f}  [{r.lower:.4f}, {r.upper:.4f}]",
+            file=out,
+        )
+    print(
+        f"{len(report.annotators)} annotators; rates are flagged examples per example, shrunk "
+        f"towards the global {report.global_rate:.4f} for annotators with few examples",
+        file=out,
+    )
 
 
 def review_queue_line(audit: Audit) -> str | None:

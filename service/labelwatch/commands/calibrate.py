@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from labelwatch import datasets
+from labelwatch.adaptation import labels_from_verdicts
 from labelwatch.calibration import ArtifactError, calibrate, save_artifact
 from labelwatch.commands._offline import (
     DATA_HELP,
@@ -19,6 +21,7 @@ from labelwatch.commands._offline import (
     pooling_name,
     pooling_settings,
 )
+from labelwatch.outbox import Outbox, OutboxError
 from labelwatch.scoring import FilterBy
 from labelwatch.scoring.budget import DEFAULT_BUDGET, check_budget
 from labelwatch.scoring.context import DEFAULT_CONTEXT_TAGS
@@ -61,6 +64,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--out", required=True, type=Path, help="artifact to write (JSON), e.g. thresholds.json."
+    )
+    parser.add_argument(
+        "--verdicts",
+        type=Path,
+        default=None,
+        metavar="OUTBOX",
+        help="a labelwatch outbox file: reviewers' CONFIRMED verdicts on flags of DATA's "
+        "examples (matched by id) correct DATA's tags before fitting (majority per flag and "
+        "class; docs/label-studio.md).",
     )
     parser.add_argument(
         "--model",
@@ -131,6 +143,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _with_verdicts(path: Path, data: datasets.LabeledData) -> NDArray[np.bool_]:
+    """DATA's labels corrected by the verdicts in the outbox at ``path`` (ValueError if
+    it cannot be read)."""
+    outbox = Outbox(path, create=False, busy_timeout_seconds=30.0)
+    try:
+        if not outbox.writable and outbox.last_error:
+            raise ValueError(f"--verdicts: {outbox.last_error}")
+        labels, changed = labels_from_verdicts(outbox, data.ids, data.class_names, data.labels)
+    except OutboxError as exc:
+        raise ValueError(f"--verdicts: {exc}") from exc
+    finally:
+        outbox.close()
+    print(f"verdicts: {changed} tags of DATA corrected by reviewers' confirmed flags in {path}")
+    return labels
+
+
 def run(args: argparse.Namespace) -> int:
     """Fit and save the artifact, print a short summary; return the exit code."""
     try:
@@ -155,9 +183,12 @@ def run(args: argparse.Namespace) -> int:
                 "--label-quality-from context need"
             )
         check_budget_flag(args.flag_budget, data.n_classes)
+        labels = data.labels
+        if args.verdicts is not None:
+            labels = _with_verdicts(args.verdicts, data)
         artifact = calibrate(
             data.pred_probs,
-            data.labels,
+            labels,
             data.class_names,
             model_sha256=sha,
             pooling=pooling,

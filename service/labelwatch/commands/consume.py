@@ -83,7 +83,12 @@ _SERVE_ONLY = frozenset(
         "ls_webhook_secret_env",
         "ls_webhook_secret_file",
         "ls_queue_size",
+        "ls_implicit_verdicts",
         "ls_writeback_url",
+        "annotator_metrics",
+        "adapt_to_verdicts",
+        "target_precision",
+        "adapt_interval_seconds",
     }
 )
 """`labelwatch serve` settings that concern its gRPC and HTTP servers: not offered here."""

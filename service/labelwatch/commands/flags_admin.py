@@ -1,8 +1,9 @@
 """``labelwatch flags``: inspect and steer the flag outbox, with the server up or down.
 
 ``list`` and ``show`` read flags; ``status`` shows every consumer's cursor and
-backlog; ``replay`` moves a sink's or watch consumer's cursor back (or sets a
-new consumer's start); ``requeue-dead`` hands a sink's dead letters back to it.
+backlog; ``stats`` the precision of flags measured from reviewers' verdicts;
+``replay`` moves a sink's or watch consumer's cursor back (or sets a new
+consumer's start); ``requeue-dead`` hands a sink's dead letters back to it.
 All of them open the outbox file directly (SQLite serialises them with a
 running server), so they also work while the server is down.
 """
@@ -20,8 +21,10 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from labelwatch.errors import PublicError
 from labelwatch.flag_record import Flag
 from labelwatch.outbox import ConsumerKind, Outbox, OutboxError
+from labelwatch.verdicts import ClassPrecision, VerdictBook
 
 _DESCRIPTION = """\
 Inspect and steer the flag outbox (the SQLite file every flag is stored in
@@ -34,6 +37,7 @@ before it is delivered). Works whether the server runs or not.
   labelwatch flags replay --sink label_studio --since 2h
   labelwatch flags replay --consumer reviewer-ui --from-position 1200
   labelwatch flags requeue-dead --sink webhook
+  labelwatch flags stats                 (precision of flags, from verdicts)
 
 The outbox is --outbox, else $LABELWATCH_OUTBOX, else DATA_DIR/outbox.sqlite3
 with DATA_DIR from --data-dir, $LABELWATCH_DATA_DIR or ./labelwatch-data (the
@@ -170,6 +174,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     requeue.add_argument("flag_ids", nargs="*", metavar="FLAG_ID")
     requeue.set_defaults(func=functools.partial(_run, _do_requeue))
 
+    stats = actions.add_parser(
+        "stats",
+        parents=[common],
+        help="precision of flags, overall and per class, from reviewers' verdicts",
+        description="Precision = confirmed / (confirmed + rejected) verdicts (ReportVerdicts "
+        "and Label Studio's implicit ones), overall and per class, with a Wilson score "
+        "interval. Every verdict counts once (one per reviewer of a flagged class).",
+    )
+    stats.add_argument(
+        "--confidence", type=float, default=0.95, help="interval coverage (default 0.95)."
+    )
+    stats.add_argument("--json", action="store_true", help="one JSON object.")
+    stats.set_defaults(func=functools.partial(_run, _do_stats))
+
 
 def _open(args: argparse.Namespace) -> Outbox:
     path = outbox_path(args)
@@ -236,6 +254,49 @@ def review_order(flags: list[Flag]) -> list[Flag]:
         return (-(chance if chance is not None else -1.0), flag.label_quality, flag.position)
 
     return sorted(flags, key=key)
+
+
+def _precision_dict(row: ClassPrecision) -> dict[str, object]:
+    return {
+        "label": row.label,
+        "confirmed": row.confirmed,
+        "rejected": row.rejected,
+        "precision": row.precision.estimate,
+        "lower": row.precision.lower,
+        "upper": row.precision.upper,
+    }
+
+
+def _do_stats(outbox: Outbox, args: argparse.Namespace) -> int:
+    if not 0.0 < args.confidence < 1.0:
+        print("labelwatch flags stats: error: --confidence must be in (0, 1)", file=sys.stderr)
+        return 2
+    try:
+        stats = VerdictBook(outbox).stats(args.confidence)
+    except PublicError as exc:
+        print(f"labelwatch flags stats: error: {exc.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        doc = {
+            "confidence": stats.confidence,
+            "overall": _precision_dict(stats.overall),
+            "classes": [_precision_dict(c) for c in stats.classes],
+        }
+        print(json.dumps(doc, sort_keys=True))
+        return 0
+    pct = f"{stats.confidence * 100:g}%"
+    print(f"{'CLASS':32} {'CONFIRMED':>9} {'REJECTED':>8} {'PRECISION':>9}  {pct} INTERVAL")
+    for row in (*stats.classes, stats.overall):
+        name = row.label or "(all classes)"
+        if row.confirmed + row.rejected == 0:
+            print(f"{name:32} {0:>9} {0:>8} {'-':>9}  -")
+            continue
+        p = row.precision
+        print(
+            f"{name:32} {row.confirmed:>9} {row.rejected:>8} {p.estimate:>9.3f}  "
+            f"[{p.lower:.3f}, {p.upper:.3f}]"
+        )
+    return 0
 
 
 def _summary(flag: Flag) -> str:

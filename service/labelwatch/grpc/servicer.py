@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import grpc
@@ -38,7 +38,7 @@ class LabelQualityServicer(pb_grpc.LabelQualityServicer):
         self,
         decoder: ExampleDecoder,
         score: ScoreFn,
-        model_info: pb.ModelInfo,
+        model_info: pb.ModelInfo | Callable[[], pb.ModelInfo],
         *,
         max_batch: int,
         admission: Admission | None = None,
@@ -46,7 +46,8 @@ class LabelQualityServicer(pb_grpc.LabelQualityServicer):
         self._decoder = decoder
         self._class_names = decoder.spec.class_names
         self._score_examples = score
-        self._model_info = model_info
+        # a callable when part of it changes while serving (adapted cut-offs)
+        self._model_info = model_info if callable(model_info) else (lambda: model_info)
         self._max_batch = max_batch
         self._admission = admission
 
@@ -90,4 +91,4 @@ class LabelQualityServicer(pb_grpc.LabelQualityServicer):
     def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
     ) -> pb.ModelInfo:
-        return self._model_info
+        return self._model_info()

@@ -47,6 +47,7 @@ from labelwatch.metrics import LabelStudioMetrics
 from labelwatch.outbox import Outbox, OutboxError
 from labelwatch.pipeline import Pipeline
 from labelwatch.sinks.base import RetryPolicy
+from labelwatch.verdicts import VerdictBook
 
 log = logging.getLogger(__name__)
 
@@ -265,12 +266,14 @@ def from_settings(
     environ: Mapping[str, str],
     *,
     reuse_port: bool = False,
+    verdicts: VerdictBook | None = None,
 ) -> LabelStudioHttp:
     """Build (not start) the HTTP server ``settings`` ask for (``--http-port`` non-zero).
 
     Raises :class:`StartupError` for an unreadable secret file, no outbox (it
     holds the received events and the write-back queue), a write-back URL without
     a token, or a port that cannot be bound. Metrics go on ``pipeline.metrics.registry``.
+    Implicit verdicts (``--ls-implicit-verdicts on``) are counted through ``verdicts``.
     """
     outbox = pipeline.outbox
     if outbox is None:
@@ -336,6 +339,8 @@ def from_settings(
         writeback=queue is not None,
         policy=policy,
         on_queued=(lambda: None) if queue is None else queue.notify,
+        implicit_verdicts=settings.ls_implicit_verdicts == "on",
+        on_verdict=(lambda row: None) if verdicts is None else verdicts.counted_one,
         observe=metrics.observe_annotation,
     )
     backend = MlBackend(

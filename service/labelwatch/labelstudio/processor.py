@@ -11,6 +11,11 @@ worker per process claims stored events (leased; see
   and WatchFlags sees them), then, in one transaction, removes the event, queues
   the :class:`WriteBack` (when write-back is on) and records the annotation as
   seen (task, annotator, tags given and flagged);
+* an annotation updated after a version of it was flagged (and implicit verdicts
+  are on): records one verdict per flagged tag of that version, in the same
+  transaction (:func:`labelwatch.verdicts.implicit_verdicts`: toggled the
+  suggested way = CONFIRMED, left as it was = REJECTED; the reviewer is the
+  user who saved the update);
 * an annotation deleted: looks up the task the annotation was scored for and
   queues a deleting write-back (entry removed, task summary recomputed, stale
   review prediction deleted); an annotation never scored is only logged.
@@ -25,12 +30,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from labelwatch.domain import LabeledExample, ScoredBatch
+from labelwatch.flag_record import dedupe_key
 from labelwatch.labelstudio.leases import lease_owner
 from labelwatch.labelstudio.webhook import (
     AnnotationEvent,
@@ -40,8 +49,9 @@ from labelwatch.labelstudio.webhook import (
     parse_stored,
 )
 from labelwatch.labelstudio.writequeue import WriteBack
-from labelwatch.outbox import Outbox, OutboxError, QueuedEvent, SeenAnnotation
+from labelwatch.outbox import Outbox, OutboxError, QueuedEvent, SeenAnnotation, VerdictRow
 from labelwatch.sinks.base import RetryPolicy
+from labelwatch.verdicts import SOURCE_LABEL_STUDIO, implicit_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +98,30 @@ def annotation_score(
 
 
 def seen_annotation(
-    event: AnnotationEvent, write: WriteBack, class_names: Sequence[str]
+    event: AnnotationEvent, write: WriteBack, batch: ScoredBatch, class_names: Sequence[str]
 ) -> SeenAnnotation:
-    """What the outbox keeps of a scored annotation version.
+    """What the outbox keeps of a scored annotation version (row 0 of ``batch``).
 
     ``payload``: ``{"given": [tags among the classes], "issues": [[label, kind,
-    probability], ...], "model_version": ...}``.
+    probability], ...], "error_probabilities": {label: p} (flagged classes that have
+    one), "model_version": ..., "flag_id": the flag's id or null}``.
     """
     labels = event.example.labels
+    given = [name for k, name in enumerate(class_names) if bool(labels[k])]
+    chances: dict[str, float] = {}
+    if batch.error_probability is not None:
+        for k in map(int, np.flatnonzero(batch.flags[0])):
+            value = float(batch.error_probability[0, k])
+            if not math.isnan(value):
+                chances[class_names[k]] = value
     payload = {
-        "given": [name for k, name in enumerate(class_names) if bool(labels[k])],
+        "error_probabilities": chances,
+        "given": given,
         "issues": [list(issue) for issue in write.issues],
         "model_version": write.model_version,
+        "flag_id": dedupe_key(event.example.id, write.model_version, given)
+        if write.flagged
+        else None,
     }
     return SeenAnnotation(
         annotation_id=event.annotation_id,
@@ -111,12 +133,42 @@ def seen_annotation(
     )
 
 
+def verdicts_of_update(
+    previous: SeenAnnotation, event: AnnotationEvent, class_names: Sequence[str]
+) -> list[VerdictRow]:
+    """The implicit verdicts of ``event`` (an update) on the flag of ``previous``, if any."""
+    seen = json.loads(previous.payload)
+    if not seen.get("flag_id") or previous.version == event.version:
+        return []
+    labels = event.example.labels
+    now = {name for k, name in enumerate(class_names) if bool(labels[k])}
+    reviewer = f"{SOURCE_LABEL_STUDIO}:{event.reviewer or 'unknown'}"
+    chances = seen.get("error_probabilities") or {}
+    return [
+        VerdictRow(
+            flag_id=str(seen["flag_id"]),
+            label=label,
+            reviewer=reviewer,
+            verdict=verdict.value,
+            note=f"annotation {event.annotation_id} updated at {event.version}",
+            source=SOURCE_LABEL_STUDIO,
+            kind=kind,
+            probability=probability,
+            annotator_id=previous.annotator,
+            error_probability=chances.get(label),
+        )
+        for label, verdict, kind, probability in implicit_verdicts(seen["issues"], now)
+    ]
+
+
 class AnnotationProcessor:
     """A thread processing the stored Label Studio events of ``outbox`` (see the module doc).
 
     ``score``: examples -> :class:`ScoredBatch`; ``writeback``: whether to queue
     write-backs (``--ls-writeback-url`` set); ``on_queued()`` is called after a
-    write-back was queued (wakes the write-back worker). ``observe(outcome,
+    write-back was queued (wakes the write-back worker); ``implicit_verdicts``:
+    record verdicts on updates of flagged annotations, each new or changed one
+    passed to ``on_verdict`` (metrics). ``observe(outcome,
     seconds)`` is called per event with ``scored``, ``deleted`` or ``failed`` and
     the seconds it took to process (metrics).
     """
@@ -131,6 +183,8 @@ class AnnotationProcessor:
         writeback: bool,
         policy: RetryPolicy,
         on_queued: Callable[[], None] = lambda: None,
+        implicit_verdicts: bool = True,
+        on_verdict: Callable[[VerdictRow], None] = lambda row: None,
         observe: Callable[[str, float], None] = lambda outcome, seconds: None,
         max_attempts: int = 5,
         batch: int = 16,
@@ -144,6 +198,8 @@ class AnnotationProcessor:
         self._writeback = writeback
         self._policy = policy
         self._on_queued = on_queued
+        self._implicit = implicit_verdicts
+        self._on_verdict = on_verdict
         self._observe = observe
         self._max_attempts = max_attempts
         self._batch = batch
@@ -232,13 +288,29 @@ class AnnotationProcessor:
             return self._failed(item, exc)
 
     def _annotation(self, item: QueuedEvent, event: AnnotationEvent) -> str:
+        verdicts: list[VerdictRow] = []
+        if self._implicit and event.action == "ANNOTATION_UPDATED":
+            previous = self._outbox.ls_annotation(event.annotation_id)
+            if previous is not None:
+                verdicts = verdicts_of_update(previous, event, self._class_names)
         batch = self._score([event.example])
         result = annotation_score(event, batch, self._class_names)
-        self._outbox.finish_ls_event(
+        changed = self._outbox.finish_ls_event(
             item.event_id,
             write=result.queued() if self._writeback else None,
-            seen=seen_annotation(event, result, self._class_names),
+            seen=seen_annotation(event, result, batch, self._class_names),
+            verdicts=verdicts,
         )
+        for row, new in zip(verdicts, changed, strict=True):
+            if new:
+                self._on_verdict(row)
+                log.info(
+                    "event=ls_implicit_verdict flag=%s label=%r verdict=%s reviewer=%s",
+                    row.flag_id,
+                    row.label,
+                    row.verdict,
+                    row.reviewer,
+                )
         if self._writeback:
             self._on_queued()
         log.info(

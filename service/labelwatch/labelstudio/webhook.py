@@ -94,6 +94,7 @@ class AnnotationEvent:
     to_name: str  # the Choices' toName
     unknown_tags: tuple[str, ...]  # tags not among the model's classes (ignored)
     example: LabeledExample
+    reviewer: str = ""  # who saved this version: updated_by, else completed_by ("" unknown)
 
 
 def _int(value: Any, what: str) -> int:
@@ -105,6 +106,13 @@ def _int(value: Any, what: str) -> int:
         return int(value)
     except ValueError as exc:
         raise PayloadError(f"{what} is not an integer id: {value!r}") from exc
+
+
+def _user(value: Any) -> str:
+    """A Label Studio user as given (an id, or an object with email / id); "" if none."""
+    if isinstance(value, dict):
+        value = value.get("email") or value.get("id")
+    return "" if value is None or isinstance(value, bool) else str(value)
 
 
 def parse_event(
@@ -148,9 +156,8 @@ def parse_event(
         choices = value.get("choices") if isinstance(value, dict) else None
         if isinstance(choices, list):
             tags.extend(str(c) for c in choices)
-    annotator = annotation.get("completed_by")
-    if isinstance(annotator, dict):
-        annotator = annotator.get("email") or annotator.get("id")
+    annotator = _user(annotation.get("completed_by"))
+    reviewer = _user(annotation.get("updated_by")) or annotator
     version = str(annotation.get("updated_at") or annotation.get("created_at") or "")
     example, unknown = example_from_annotation(
         project_id=project_id,
@@ -173,6 +180,7 @@ def parse_event(
         to_name=to_name,
         unknown_tags=unknown,
         example=example,
+        reviewer=reviewer,
     )
 
 

@@ -14,26 +14,32 @@ families on it, so a test builds its own registry and asserts on exact samples.
 * :mod:`.security`: :class:`SecurityMetrics`, admission control and authentication.
 * :mod:`.label_studio`: :class:`LabelStudioMetrics`, the Label Studio HTTP port.
 * :mod:`.ingest`: :class:`IngestMetrics`, the JetStream consumer.
+* :mod:`.verdicts`: :class:`VerdictMetrics`, reviewers' verdicts on flags.
+* :mod:`.annotators`: :class:`AnnotatorCollector`, per-annotator quality.
 * :mod:`.buckets`: histogram bounds shared by several families.
 
 A new family goes into the module of its area (or a new small module listed
 here), with its name, labels and help text added to ``docs/metrics.md``.
 """
 
+from labelwatch.metrics.annotators import AnnotatorCollector
 from labelwatch.metrics.delivery import DeliveryMetrics
 from labelwatch.metrics.drift import DEFAULT_MAX_CLASS_SERIES, KINDS, OTHER_CLASS
 from labelwatch.metrics.ingest import IngestMetrics
 from labelwatch.metrics.label_studio import LabelStudioMetrics
 from labelwatch.metrics.scoring import Metrics
 from labelwatch.metrics.security import SecurityMetrics
+from labelwatch.metrics.verdicts import VerdictMetrics
 
 __all__ = [
     "DEFAULT_MAX_CLASS_SERIES",
     "KINDS",
     "OTHER_CLASS",
+    "AnnotatorCollector",
     "DeliveryMetrics",
     "IngestMetrics",
     "LabelStudioMetrics",
     "Metrics",
     "SecurityMetrics",
+    "VerdictMetrics",
 ]

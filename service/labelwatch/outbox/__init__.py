@@ -29,6 +29,12 @@ Modules (one per table or concern):
 ``ls_events``
     ``ls_events`` and ``ls_annotations``: Label Studio webhook events stored
     before their 202, and the last scored version of each annotation.
+``verdicts``
+    ``verdicts``: reviewers' verdicts on flagged classes.
+``annotators``
+    ``annotators``: examples scored and flagged per annotator.
+``cutoffs``
+    ``cutoffs``: versions of the per-class cut-offs adapted to verdicts.
 
 The outbox never raises ``sqlite3`` errors: every failure to open, read or
 write becomes :class:`OutboxError`. After a failed write :attr:`Outbox.writable`
@@ -51,14 +57,18 @@ Adding a table (e.g. verdicts, annotator stats, model versions):
 
 from __future__ import annotations
 
+from labelwatch.outbox.annotators import Annotators
+from labelwatch.outbox.cutoffs import Cutoffs
 from labelwatch.outbox.dead_letters import DeadLetters
 from labelwatch.outbox.flags import FlagRows
 from labelwatch.outbox.ls_events import LsEvents
 from labelwatch.outbox.records import (
     AckResult,
+    AnnotatorCounts,
     Backlog,
     Consumer,
     ConsumerKind,
+    CutoffVersion,
     DeadLetter,
     NewWrite,
     OutboxError,
@@ -68,17 +78,21 @@ from labelwatch.outbox.records import (
     RetentionPolicy,
     SeenAnnotation,
     UnknownConsumer,
+    VerdictRow,
 )
 from labelwatch.outbox.retention import Retention
 from labelwatch.outbox.schema import SCHEMA_VERSION
+from labelwatch.outbox.verdicts import Verdicts
 from labelwatch.outbox.writeback import WriteBacks
 
 __all__ = [
     "SCHEMA_VERSION",
     "AckResult",
+    "AnnotatorCounts",
     "Backlog",
     "Consumer",
     "ConsumerKind",
+    "CutoffVersion",
     "DeadLetter",
     "NewWrite",
     "Outbox",
@@ -89,10 +103,11 @@ __all__ = [
     "RetentionPolicy",
     "SeenAnnotation",
     "UnknownConsumer",
+    "VerdictRow",
 ]
 
 
-class Outbox(DeadLetters, FlagRows, LsEvents, Retention, WriteBacks):
+class Outbox(Annotators, Cutoffs, DeadLetters, FlagRows, LsEvents, Retention, Verdicts, WriteBacks):
     """The outbox at ``path``; see :class:`~labelwatch.outbox.store.Store` for the arguments.
 
     Thread-safe (one connection under a lock); other processes may open the same
@@ -102,6 +117,7 @@ class Outbox(DeadLetters, FlagRows, LsEvents, Retention, WriteBacks):
     :meth:`dead_letter`, :meth:`backlog`, ...), retention (:meth:`prune`,
     :meth:`counters`, :meth:`size_bytes`), the Label Studio write-back queue
     (``*_writeback*``), the Label Studio event inbox (``*ls_event*``,
-    :meth:`ls_annotation`), and health (:attr:`writable`, :meth:`probe`,
+    :meth:`ls_annotation`), verdicts (:meth:`record_verdicts`, :meth:`verdicts_of`,
+    :meth:`verdict_counts`), and health (:attr:`writable`, :meth:`probe`,
     :meth:`integrity_check`, :meth:`close`).
     """

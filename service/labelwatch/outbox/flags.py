@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from labelwatch.flag_record import Flag
+from labelwatch.outbox.annotators import add_annotator_counts
 from labelwatch.outbox.store import Store
 
 
@@ -23,16 +24,22 @@ def flag_from_row(position: int, payload: str) -> Flag:
 class FlagRows(Store):
     """Writing and reading flags (methods of :class:`~labelwatch.outbox.Outbox`)."""
 
-    def write(self, flags: Sequence[Flag]) -> int:
+    def write(
+        self, flags: Sequence[Flag], *, annotators: Mapping[str, tuple[int, int]] | None = None
+    ) -> int:
         """Store ``flags`` in one transaction; return how many were new (not duplicates).
 
-        Raises :class:`OutboxError` (nothing stored) when the write fails.
+        ``annotators``: ``{annotator_id: (scored, flagged)}`` added to the per-annotator
+        counts in the same transaction. Raises :class:`OutboxError` (nothing stored)
+        when the write fails.
         """
-        if not flags:
+        if not flags and not annotators:
             return 0
         rows = [(f.flag_id, f.flagged_at, f.to_json()) for f in flags]
         started = time.perf_counter()
         with self._transaction() as conn:
+            if annotators:
+                add_annotator_counts(conn, annotators, self.clock())
             before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO flags (flag_id, created_at, payload) VALUES (?, ?, ?)",

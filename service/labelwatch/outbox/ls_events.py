@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from labelwatch.outbox.records import NewWrite, QueuedEvent, SeenAnnotation
+from labelwatch.outbox.records import NewWrite, QueuedEvent, SeenAnnotation, VerdictRow
 from labelwatch.outbox.store import Store
+from labelwatch.outbox.verdicts import upsert_verdicts
 from labelwatch.outbox.writeback import UPSERT_WRITEBACK
 
 
@@ -72,11 +73,14 @@ class LsEvents(Store):
         write: NewWrite | None = None,
         seen: SeenAnnotation | None = None,
         forget_annotation: int | None = None,
-    ) -> None:
+        verdicts: Sequence[VerdictRow] = (),
+    ) -> list[bool]:
         """Remove the event; in the same transaction queue ``write`` (replacing a waiting
-        write of the same key), record ``seen`` and forget ``forget_annotation``."""
+        write of the same key), record ``seen``, forget ``forget_annotation`` and store
+        ``verdicts``. Returns, per verdict, whether it was new or changed."""
         now = self.clock()
         with self._transaction() as conn:
+            changed = upsert_verdicts(conn, verdicts, now)
             conn.execute("DELETE FROM ls_events WHERE id = ?", (event_id,))
             if write is not None:
                 conn.execute(
@@ -101,6 +105,7 @@ class LsEvents(Store):
                         now,
                     ),
                 )
+        return changed
 
     def retry_ls_event(self, event_id: int, *, due_at: float, error: str) -> None:
         """Count a failed try of the event and make it due again at ``due_at``."""

@@ -139,3 +139,48 @@ class SeenAnnotation:
     version: str
     annotator: str
     payload: str
+
+
+@dataclass(frozen=True)
+class VerdictRow:
+    """One reviewer's verdict on one flagged class, as stored in ``verdicts``.
+
+    ``verdict``: ``CONFIRMED`` or ``REJECTED``; ``source``: ``grpc`` or
+    ``label-studio``; ``kind`` / ``probability`` / ``error_probability`` (None: the
+    served rule had none): the flag's issue for ``label``; ``decided_at``: unix
+    seconds (set by the outbox when stored).
+    """
+
+    flag_id: str
+    label: str
+    reviewer: str
+    verdict: str
+    note: str
+    source: str
+    kind: str
+    probability: float
+    annotator_id: str
+    error_probability: float | None = None
+    decided_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class AnnotatorCounts:
+    """One annotator's examples ``scored`` and ``flagged``, and flags ``confirmed`` /
+    ``rejected`` by verdicts (see :meth:`Outbox.annotator_counts`)."""
+
+    annotator_id: str
+    scored: int
+    flagged: int
+    confirmed: int
+    rejected: int
+
+
+@dataclass(frozen=True)
+class CutoffVersion:
+    """One stored version of the adapted cut-offs (``created_at``: unix seconds)."""
+
+    version: int
+    model_version: str
+    created_at: float
+    payload: str

@@ -22,6 +22,11 @@ Versions:
    ``ls_annotations`` (the last scored version of each annotation); the
    write-back queue gets ``task_id``, ``lease_until`` and ``lease_owner`` (one
    task written by one process at a time; a dead owner's leases can be released).
+4. ``verdicts``: reviewers' verdicts on flagged classes, one per (flag, class,
+   reviewer), with what the flag said about the class (kind, probability,
+   calibrated error probability) and its annotator, so statistics outlive the
+   flag's retention; ``annotators``: examples scored and flagged per annotator.
+5. ``cutoffs``: versions of the per-class cut-offs adapted to verdicts.
 
 To change the schema, append a :class:`Migration` (never edit a released one);
 see the :mod:`labelwatch.outbox` docstring.
@@ -137,6 +142,47 @@ MIGRATIONS: tuple[Migration, ...] = (
             "UPDATE ls_writebacks SET task_id = CAST(substr(key, 1, instr(key, ':') - 1) "
             "AS INTEGER)",
             "CREATE INDEX ls_writebacks_task ON ls_writebacks (task_id, lease_until)",
+        ),
+    ),
+    Migration(
+        4,
+        "verdicts on flagged classes, per-annotator counts",
+        (
+            """CREATE TABLE verdicts (
+                flag_id TEXT NOT NULL,
+                label TEXT NOT NULL,
+                reviewer TEXT NOT NULL,
+                verdict TEXT NOT NULL,
+                note TEXT NOT NULL DEFAULT '',
+                source TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                probability REAL NOT NULL,
+                error_probability REAL,
+                annotator_id TEXT NOT NULL DEFAULT '',
+                decided_at REAL NOT NULL,
+                PRIMARY KEY (flag_id, label, reviewer)
+            )""",
+            "CREATE INDEX verdicts_label ON verdicts (label, verdict)",
+            "CREATE INDEX verdicts_annotator ON verdicts (annotator_id, flag_id)",
+            """CREATE TABLE annotators (
+                annotator_id TEXT PRIMARY KEY,
+                scored INTEGER NOT NULL DEFAULT 0,
+                flagged INTEGER NOT NULL DEFAULT 0,
+                updated_at REAL NOT NULL
+            )""",
+        ),
+    ),
+    Migration(
+        5,
+        "per-class cut-offs adapted to verdicts, versioned",
+        (
+            """CREATE TABLE cutoffs (
+                version INTEGER PRIMARY KEY AUTOINCREMENT,
+                model_version TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                payload TEXT NOT NULL
+            )""",
+            "CREATE INDEX cutoffs_model ON cutoffs (model_version, version)",
         ),
     ),
 )
