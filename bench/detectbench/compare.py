@@ -64,6 +64,7 @@ def fit_artifacts(
             model_sha256=model_sha256,
             pooling=Pooling.SOFTMIN,
             temperature=SOFTMIN_T,
+            filter_by=FilterBy.CONFIDENT_LEARNING,
         )
     }
     for m in context_tags:
