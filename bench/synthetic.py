@@ -93,7 +93,7 @@ def _independent(
 def _correlated(
     rng: np.random.Generator, clean: NDArray[np.bool_], given: NDArray[np.bool_]
 ) -> NDArray[np.bool_]:
-    out = given.copy()
+    out: NDArray[np.bool_] = given.copy()
     n = clean.shape[0]
     for i in range(n):
         u = rng.random()

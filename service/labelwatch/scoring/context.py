@@ -153,7 +153,7 @@ def fit_logistic(x: NDArray[np.float64], y: NDArray[np.bool_], l2: float) -> NDA
         z = np.einsum("cnd,cd->cn", x, w)
         mu = 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow
         grad = np.einsum("cnd,cn->cd", x, mu - target) + penalty * w
-        hess = np.einsum("cnd,cn,cne->cde", x, mu * (1.0 - mu), x)
+        hess = np.einsum("cnd,cn,cne->cde", x, mu * (1.0 - mu), x, optimize=True)
         hess[:, np.arange(d), np.arange(d)] += penalty
         step = np.linalg.solve(hess, grad[:, :, None])[:, :, 0]
         w -= step

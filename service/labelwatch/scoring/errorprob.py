@@ -13,9 +13,9 @@ Truth is unknown on real data, so the calibrator is fitted on errors we make our
    distribution ``f``; the injected flips show where errors land, ``g``. Within a score
    bin, ``P(error | score) = E * g(bin) / (N * K * f(bin))``: the errors Confident Learning
    estimates, spread like injected ones, over the pairs that really score there.
-4. The bin estimates (with one pseudo-pair per bin, so never exactly 1) are made
-   non-decreasing in the score (pool adjacent violators, weighted by the bin's pairs);
-   online values are interpolated between bin centres.
+4. The bin estimates are made non-decreasing in the score (pool adjacent violators,
+   weighted by the bin's pairs) and capped at 0.999; online values are interpolated
+   between bin centres.
 
 The bench's synthetic track, where the truth is known, measures how well this holds
 (``docs/detection.md``: reliability diagram and expected calibration error).
@@ -38,6 +38,9 @@ INJECTION_ROUNDS = 4
 
 BINS = 30
 """Score bins, at quantiles of the injected flips' scores."""
+
+MAX_PROBABILITY = 0.999
+"""The highest error probability the calibrator gives (never a certainty)."""
 
 
 @dataclass(frozen=True)
@@ -134,10 +137,11 @@ def fit_error_calibrator(
     inj_counts = np.diff(np.searchsorted(inj, edges, side="left"))
     real_counts = np.diff(np.searchsorted(real, edges, side="left")).astype(np.float64)
     errors = n_errors * inj_counts / inj.shape[0]
-    # one pseudo-pair per bin: finite evidence never says "certainly wrong" (at most
-    # pairs / (pairs + 1)), and an empty bin says nothing (0)
-    ratio = np.clip(errors / (real_counts + 1.0), 0.0, real_counts / (real_counts + 1.0))
-    fitted = np.clip(isotonic(ratio, np.maximum(real_counts, 1.0)), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(real_counts > 0, errors / real_counts, 0.0)
+    # finite evidence never says "certainly wrong": the top is capped at MAX_PROBABILITY
+    fitted = np.clip(isotonic(np.clip(ratio, 0.0, 1.0), np.maximum(real_counts, 1.0)), 0.0,
+                     MAX_PROBABILITY)  # fmt: skip
     centres = np.array(
         [
             float(np.median(inj[(inj >= lo) & (inj < hi)]))
