@@ -80,10 +80,10 @@ def test_demo_refuses_a_limit_below_one_and_an_out_that_is_a_file(
     assert "is not a folder" in capsys.readouterr().err
 
 
-def _review_order(row: dict[str, Any]) -> float:
-    """Highest error probability of the row's issues first; label quality without them."""
+def _review_order(row: dict[str, Any]) -> tuple[float, float]:
+    """Highest error probability of the row's issues first, then lowest label quality."""
     chances = [i["error_probability"] for i in row["issues"] if i.get("error_probability")]
-    return -max(chances) if chances else float(row["label_quality"])
+    return (-max(chances) if chances else 0.0, float(row["label_quality"]))
 
 
 def _recomputed_precision_at(out: Path, k: int) -> float:
@@ -181,10 +181,13 @@ def _result(quality: float, *issues: Any) -> ScoreResult:
 
 def test_review_queue_orders_by_error_probability_when_the_server_sends_it() -> None:
     plain = SimpleNamespace(label="a", kind=IssueKind.MISSING)
-    assert review_key(_result(0.3, plain)) == 0.3
+    assert review_key(_result(0.3, plain)) == (0.0, 0.3)
     likely = SimpleNamespace(label="a", kind=IssueKind.MISSING, error_probability=0.9)
     unlikely = SimpleNamespace(label="b", kind=IssueKind.MISSING, error_probability=0.2)
-    assert review_key(_result(0.3, unlikely, likely)) == -0.9
+    assert review_key(_result(0.3, unlikely, likely)) == (-0.9, 0.3)
+    # ties at the calibrator's cap are broken by label quality
+    capped = SimpleNamespace(label="c", kind=IssueKind.MISSING, error_probability=0.999)
+    assert review_key(_result(0.1, capped)) < review_key(_result(0.2, capped))
     tally = Tally(injected=2)
     clean = NoisyExample("c", "", (), frozenset())
     dirty = NoisyExample("d", "", (), frozenset({("a", "MISSING")}))
@@ -196,7 +199,7 @@ def test_review_queue_orders_by_error_probability_when_the_server_sends_it() -> 
 
 def test_summary_states_each_number_in_words() -> None:
     tally = Tally(seen=1000, flagged_examples=300, flags=400, true_flags=80, injected=100)
-    tally.queue = [(i / 300, i, i % 3 == 0) for i in range(300)]
+    tally.queue = [((0.0, i / 300), i, i % 3 == 0) for i in range(300)]
     lines = "\n".join(summary(tally, 2.0, 0.1)).splitlines()
     assert max(len(line) for line in lines) <= 96
     text = " ".join(" ".join(lines).split())

@@ -103,18 +103,19 @@ def inject_noise(
     return out
 
 
-def review_key(result: ScoreResult) -> float:
+def review_key(result: ScoreResult) -> tuple[float, float]:
     """Where a flagged package sits in the review queue: lower = reviewed first.
 
-    The highest ``error_probability`` among its issues, negated, when the server sends
-    that field; otherwise its label quality (lowest first).
+    First the highest ``error_probability`` among its issues, negated, when the server
+    sends that field (0 otherwise); then its label quality, lowest first, which also
+    orders the many packages whose error probability reaches the calibrator's cap.
     """
     chances = [
         float(p)
         for p in (getattr(issue, "error_probability", None) for issue in result.issues)
         if p is not None and p > 0.0
     ]
-    return -max(chances) if chances else result.label_quality
+    return (-max(chances) if chances else 0.0, result.label_quality)
 
 
 @dataclass
@@ -126,7 +127,7 @@ class Tally:
     flags: int = 0
     true_flags: int = 0
     injected: int = 0
-    queue: list[tuple[float, int, bool]] = field(default_factory=list)
+    queue: list[tuple[tuple[float, float], int, bool]] = field(default_factory=list)
     """Flagged packages: ``(review_key, arrival order, carries an injected flip)``."""
     ranked_by_error_probability: bool = False
 
@@ -154,7 +155,7 @@ class Tally:
         if result.is_issue:
             self.flagged_examples += 1
             key = review_key(result)
-            self.ranked_by_error_probability |= key < 0.0
+            self.ranked_by_error_probability |= key[0] < 0.0
             self.queue.append((key, len(self.queue), bool(example.flipped)))
 
     def precision_at(self, k: int) -> tuple[int, int]:
@@ -216,7 +217,7 @@ def summary(tally: Tally, seconds: float, noise: float) -> list[str]:
     n = tally.seen
     share = 100.0 * tally.flagged_examples / n if n else 0.0
     order = (
-        "the highest error probability of its flags"
+        "the highest error probability of its flags (ties: lowest label quality first)"
         if tally.ranked_by_error_probability
         else "label quality, lowest first"
     )
