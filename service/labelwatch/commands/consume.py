@@ -160,13 +160,11 @@ def run(args: argparse.Namespace) -> int:
         duplicate_window_seconds=float(values["duplicate_window_seconds"]),
         grace_seconds=settings.grace_seconds,
     )
-    log.info(
-        "event=config %s %s",
-        " ".join(f"{k}={v}" for k, v in settings.describe().items()),
-        " ".join(
-            f"consume_{k}={config.mask_url(v) if k == 'nats' else v}" for k, v in values.items()
-        ),
+    described = settings.describe()  # secrets masked
+    described.update(
+        (f"consume_{k}", config.mask_url(v) if k == "nats" else str(v)) for k, v in values.items()
     )
+    log.info("event=config " + logs.kv_format(list(described)), *described.values())
     try:
         return consume_forever(settings, options)
     except StartupError as exc:

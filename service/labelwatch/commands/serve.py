@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"labelwatch serve: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    log.info("event=config %s", " ".join(f"{k}={v}" for k, v in settings.describe().items()))
+    described = settings.describe()  # secrets masked
+    log.info("event=config " + logs.kv_format(list(described)), *described.values())
     from labelwatch.server import serve_forever  # heavy imports only once settings are valid
     from labelwatch.workers import run_workers
 
