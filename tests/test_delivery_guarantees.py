@@ -224,12 +224,11 @@ def test_label_studio_down_does_not_slow_scoring_and_drains_in_order(tmp_path: P
 
     ls.stop()
     outbox_path = tmp_path / "outbox.sqlite3"
-    metrics_port = free_port()
-    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    metrics_url = ""  # known once the server has bound its metrics port
     args = [
         *common,
         "--outbox", str(outbox_path),
-        "--metrics-port", str(metrics_port),
+        "--metrics-port", "0",
         "--label-studio-url", ls.url,
         "--label-studio-token-file", str(token_file),
         "--label-studio-project", title,
@@ -245,6 +244,7 @@ def test_label_studio_down_does_not_slow_scoring_and_drains_in_order(tmp_path: P
         return sample or 0.0
 
     with delivery_server(args, log_dir=tmp_path) as server:
+        metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
         stub = pb_grpc.LabelQualityStub(channel(server.target))
         try:
             score_while_down(stub, 0, 15, pending)

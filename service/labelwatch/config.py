@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labelwatch.ports import Off, port_number, port_or_off, port_or_off_argument
 from labelwatch.scoring import FilterBy
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -51,10 +52,21 @@ class Settings:
         metadata={"help": "version stamped on results (default: <model name>-<sha256[:12]>)."},
     )
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind."})
-    port: int = field(default=50051, metadata={"help": "gRPC port; 0 picks a free one."})
-    metrics_port: int = field(
+    port: int = field(
+        default=50051,
+        metadata={
+            "help": "gRPC port; 0 = any free port (the bound port is printed and logged).",
+            "listener": "required",
+        },
+    )
+    # None: no endpoint. 0 asks for any free port (it meant "off" before: write off now)
+    metrics_port: int | None = field(
         default=9464,
-        metadata={"help": "Prometheus /metrics HTTP port on --host; 0 turns it off."},
+        metadata={
+            "help": "Prometheus /metrics HTTP port on --host; 0 = any free port (printed and "
+            "logged), off = no endpoint. (0 used to mean off: write off.)",
+            "listener": "optional",
+        },
     )
     max_batch: int = field(
         default=1024,
@@ -112,8 +124,8 @@ class Settings:
         default=1,
         metadata={
             "help": "server processes sharing the port (SO_REUSEPORT); worker i serves "
-            "metrics on --metrics-port + i. Give each onnxruntime cores/workers "
-            "--intra-op-threads."
+            "metrics on --metrics-port + i (with --metrics-port 0, each on any free port). "
+            "Give each onnxruntime cores/workers --intra-op-threads."
         },
     )
     intra_op_threads: int = field(
@@ -238,11 +250,14 @@ class Settings:
         metadata={"help": "title of the Label Studio project (created if missing)."},
     )
     # -- Label Studio, both ways (docs/label-studio.md) --
-    http_port: int = field(
-        default=0,
+    http_port: int | None = field(
+        default=None,
         metadata={
             "help": "HTTP port on --host for Label Studio: annotation webhooks (POST /webhook) "
-            "and the ML backend protocol (/health, /setup, /predict); 0 turns it off."
+            "and the ML backend protocol (/health, /setup, /predict); 0 = any free port "
+            "(printed and logged), off = no HTTP server. (0 used to mean off: write off.)",
+            "listener": "optional",
+            "default_shown": "off",
         },
     )
     ls_text_key: str = field(
@@ -389,6 +404,8 @@ class Settings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             out[f.name] = value.value if isinstance(value, FilterBy) else str(value)
+            if f.metadata.get("listener") and value is None:
+                out[f.name] = "off"
             if f.metadata.get("mask") == "url" and isinstance(value, str):
                 out[f.name] = mask_url(value)
         return out
@@ -429,6 +446,9 @@ def _parse_bool(text: str) -> bool:
 
 
 def _converter(f: dataclasses.Field[Any]) -> Any:
+    listener = f.metadata.get("listener")
+    if listener is not None:
+        return port_or_off if listener == "optional" else port_number
     kind = str(f.type)
     if "Path" in kind:
         return Path
@@ -459,7 +479,9 @@ def add_arguments(
             continue
         parser.add_argument(
             flag,
-            type=_converter(f),
+            type=port_or_off_argument
+            if f.metadata.get("listener") == "optional"
+            else _converter(f),
             default=None,
             choices=[_converter(f)(c) for c in f.metadata.get("choices", [])] or None,
             help=help_text,
@@ -481,7 +503,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     for f in dataclasses.fields(Settings):
         given = getattr(args, f.name, None)
         if given is not None:
-            values[f.name] = given
+            values[f.name] = None if given is Off.OFF else given  # `--metrics-port off`
             continue
         raw = env.get(_env_name(f.name))
         if raw is None:

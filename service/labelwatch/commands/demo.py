@@ -137,11 +137,12 @@ def _server(target: str | None) -> Iterator[str]:
         yield target
         return
     from labelwatch.config import Settings
-    from labelwatch.server import start, with_default_model
+    from labelwatch.engine import with_default_model
+    from labelwatch.server import start
 
     with tempfile.TemporaryDirectory(prefix="labelwatch-demo-") as data_dir:
         # the demo's flags are throwaway: keep them out of the user's outbox
-        base = Settings(port=0, metrics_port=0, data_dir=Path(data_dir))
+        base = Settings(port=0, metrics_port=None, data_dir=Path(data_dir))
         settings = with_default_model(base)
         if settings.model is None:
             raise SystemExit("labelwatch demo: the embedded default model is not installed")
