@@ -307,9 +307,15 @@ def test_updated_annotation_is_rescored_without_a_duplicate_prediction(setup: Se
         timeout=30,
         interval=0.5,
     )
-    # the suggestion made for the first version no longer applies: it is removed
-    preds = ls.request("GET", f"/api/predictions/?task={task_id}")
-    assert [p for p in preds if p["mislabeling"] > 0] == []
+
+    # the suggestion made for the first version no longer applies: it is removed (after the
+    # task's data is written: wait for the removal rather than race it)
+    def review_predictions() -> list[dict[str, Any]]:
+        preds = ls.request("GET", f"/api/predictions/?task={task_id}")
+        return [p for p in preds if p["mislabeling"] > 0]
+
+    wait_until(lambda: review_predictions() == [], what="the stale suggestion removed", timeout=30)
+    assert review_predictions() == []
     data = ls.request("GET", f"/api/tasks/{task_id}")["data"]
     assert list(data["labelwatch_annotations"]) == [str(ann["id"])]
 
