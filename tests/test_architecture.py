@@ -110,3 +110,15 @@ def test_one_adapter_does_not_import_another() -> None:
     assert _offending("ingest_app.py", ("labelwatch.server", "labelwatch.grpc")) == {}
     assert _offending("ingest.py", ("labelwatch.server", "labelwatch.grpc")) == {}
     assert _offending("labelstudio", ("labelwatch.server", "labelwatch.grpc")) == {}
+
+
+def test_every_module_stays_under_500_lines() -> None:
+    """A module does one thing; past 500 lines it is time to split it by responsibility."""
+    roots = (PACKAGE, REPO / "client" / "labelwatch_client")
+    long = {
+        str(path.relative_to(REPO)): n
+        for root in roots
+        for path in root.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) >= 500
+    }
+    assert long == {}
