@@ -20,6 +20,7 @@ from labelwatch.config import Settings
 from labelwatch.domain import LabeledExample, ScoredBatch
 from labelwatch.engine import Engine
 from labelwatch.labelstudio.http import from_settings
+from labelwatch.scoring import FilterBy
 
 PATH_FIELDS = ("data_dir", "ls_webhook_secret_file", "label_studio_token_file")
 
@@ -28,6 +29,8 @@ def main(raw: str) -> None:
     values = json.loads(raw)
     for name in PATH_FIELDS:
         values[name] = Path(values[name])
+    if values.get("filter_by") is not None:
+        values["filter_by"] = FilterBy(values["filter_by"])
     settings = Settings(**values)
     never = threading.Event()
 
