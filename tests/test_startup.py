@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from labelwatch import config
+from labelwatch import config_cli
 from labelwatch.config import Settings
 from labelwatch.errors import StartupError
 from labelwatch.ingest import ConsumeOptions
@@ -235,8 +235,8 @@ def test_every_optional_listener_takes_a_port_zero_for_any_free_port_or_off(
 ) -> None:
     parser = _parser()
     for flag, field in (("--metrics-port", "metrics_port"), ("--http-port", "http_port")):
-        from_flag = config.settings_from(parser.parse_args([flag, given]), {})
-        from_env = config.settings_from(
+        from_flag = config_cli.settings_from(parser.parse_args([flag, given]), {})
+        from_env = config_cli.settings_from(
             parser.parse_args([]), {"LABELWATCH_" + field.upper(): given}
         )
         assert getattr(from_flag, field) == getattr(from_env, field) == expected
@@ -244,7 +244,7 @@ def test_every_optional_listener_takes_a_port_zero_for_any_free_port_or_off(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
+    config_cli.add_arguments(parser)
     return parser
 
 
@@ -260,7 +260,9 @@ def test_a_bad_port_is_refused_with_what_is_accepted() -> None:
     accepted = "(a number 0-65535, 0 = any free port, or off)"
     assert f"argument --metrics-port: not a port: 'nine' {accepted}" in out.stderr
     with pytest.raises(ValueError, match="LABELWATCH_PORT: not a port number: 'off'"):
-        config.settings_from(_parser().parse_args([]), {"LABELWATCH_PORT": "off"})  # gRPC: no off
+        config_cli.settings_from(
+            _parser().parse_args([]), {"LABELWATCH_PORT": "off"}
+        )  # gRPC: no off
 
 
 def test_the_listener_defaults_and_the_port_convention_are_in_the_help() -> None:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from labelwatch import config, logs
+from labelwatch import config_cli, logs
 from labelwatch.errors import StartupError
 
 log = logging.getLogger("labelwatch.serve")
@@ -31,14 +31,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    config.add_arguments(parser)
+    config_cli.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Resolve settings, start the server, block until a signal; return the exit code."""
     try:
-        settings = config.settings_from(args)
+        settings = config_cli.settings_from(args)
     except ValueError as exc:
         print(f"labelwatch serve: error: {exc}", file=sys.stderr)
         return 2
