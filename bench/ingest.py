@@ -179,7 +179,7 @@ def consumers(
     if served.model is not None:
         cmd += ["--model", str(served.model)]
     cmd += ["--thresholds", str(served.thresholds), "--data-dir", str(work / "data")]
-    cmd += ["--metrics-port", "0", "--log-level", "warning"]
+    cmd += ["--metrics-port", "off", "--log-level", "warning"]
     cmd += consumer_flags(k, os.cpu_count() or 1)
     procs = [_spawn(cmd, work / f"consumer-{i}.log") for i in range(k)]
     try:

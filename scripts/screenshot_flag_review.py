@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lambda: ls("GET", "/api/projects?page_size=1") is not None, 300, "Label Studio"
             )
             serve = [
-                labelwatch, "serve", "--port", str(grpc_port), "--metrics-port", "0",
+                labelwatch, "serve", "--port", str(grpc_port), "--metrics-port", "off",
                 "--data-dir", str(lw_dir), "--label-studio-url", ls.url,
             ]  # fmt: skip
             procs.append(subprocess.Popen(serve, env={**os.environ, "LABEL_STUDIO_API_KEY": TOKEN}))

@@ -366,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lambda: ls("GET", "/api/projects?page_size=1") is not None, 300, "Label Studio"
             )
             serve = [
-                labelwatch, "serve", "--port", str(free_port()), "--metrics-port", "0",
+                labelwatch, "serve", "--port", str(free_port()), "--metrics-port", "off",
                 "--http-port", str(http_port), "--data-dir", str(lw_dir),
                 "--ls-writeback-url", ls.url,
                 # every confident disagreement, so each seeded mistake shows up flagged

@@ -443,6 +443,8 @@ class ChildServer:
     process: subprocess.Popen[str]
     port: int
     stderr_path: Path
+    metrics_port: int | None = None
+    """The bound ``/metrics`` port (``--metrics-port 0`` asks for any free one)."""
 
     @property
     def target(self) -> str:
@@ -465,12 +467,12 @@ def delivery_server(
     file_size_limit: int | None = None,
     timeout: float = 60.0,
 ) -> Iterator[ChildServer]:
-    """Run ``labelwatch serve ARGS --port 0 --metrics-port 0``; wait for "listening on".
+    """Run ``labelwatch serve ARGS --port 0 --metrics-port off``; wait for "listening on".
 
     ``file_size_limit`` (bytes) sets RLIMIT_FSIZE in the child: writes past it
     fail with EFBIG, as on a full disk. stderr goes to a file in ``log_dir``.
     """
-    cmd = [sys.executable, "-m", "labelwatch.cli", "serve", "--port", "0", "--metrics-port", "0"]
+    cmd = [sys.executable, "-m", "labelwatch.cli", "serve", "--port", "0", "--metrics-port", "off"]
     cmd += list(args)
 
     def limits() -> None:
@@ -489,7 +491,7 @@ def delivery_server(
         )
     try:
         assert proc.stdout is not None
-        port = None
+        port = metrics_port = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
@@ -498,12 +500,14 @@ def delivery_server(
             match = re.search(r"listening on [\d.]+:(\d+)", line)
             if match:
                 port = int(match.group(1))
+                bound = re.search(r"metrics_port=(\d+)", line)
+                metrics_port = int(bound.group(1)) if bound else None
                 break
         if port is None:
             proc.kill()
             proc.wait(10)
             raise RuntimeError(f"server did not start: {stderr_path.read_text()[-3000:]}")
-        yield ChildServer(proc, port, stderr_path)
+        yield ChildServer(proc, port, stderr_path, metrics_port)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)

@@ -16,14 +16,11 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
-
 from labelwatch.config import Settings
 from labelwatch.domain import LabeledExample, ScoredBatch
+from labelwatch.engine import Engine
 from labelwatch.labelstudio.http import from_settings
-from labelwatch.metrics import Metrics
-from labelwatch.outbox import Outbox
-from labelwatch.server import load_pipeline
+from labelwatch.scoring import FilterBy
 
 PATH_FIELDS = ("data_dir", "ls_webhook_secret_file", "label_studio_token_file")
 
@@ -32,16 +29,22 @@ def main(raw: str) -> None:
     values = json.loads(raw)
     for name in PATH_FIELDS:
         values[name] = Path(values[name])
+    if values.get("filter_by") is not None:
+        values["filter_by"] = FilterBy(values["filter_by"])
     settings = Settings(**values)
-    outbox = Outbox(settings.outbox_path)
-    pipeline = load_pipeline(settings, Metrics(CollectorRegistry()), outbox=outbox)
     never = threading.Event()
 
-    def blocked(batch: Sequence[LabeledExample]) -> ScoredBatch:
-        never.wait()
-        return pipeline.score(batch)
+    class BlockedEngine(Engine):
+        """The real engine (outbox, default model), except that scoring never finishes."""
 
-    http = from_settings(settings, pipeline, blocked, os.environ)
+        def score(
+            self, examples: Sequence[LabeledExample], *, deadline: float | None = None
+        ) -> ScoredBatch:
+            never.wait()
+            return super().score(examples, deadline=deadline)
+
+    engine = BlockedEngine(settings)
+    http = from_settings(engine.settings, engine, os.environ)
     http.start()
     print(f"listening on 127.0.0.1:{http.port}", flush=True)
     never.wait()

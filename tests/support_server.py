@@ -32,7 +32,7 @@ from labelwatch.config import Settings
 from labelwatch.model import file_sha256
 from labelwatch.server import RunningServer, start
 
-SERVE_TEST_FLAGS = ("--port", "0", "--metrics-port", "0")
+SERVE_TEST_FLAGS = ("--port", "0", "--metrics-port", "off")
 """Flags for a test ``labelwatch serve``: pick a free gRPC port, no metrics port."""
 
 CLASS_NAMES = ("cat", "dog", "bird", "fish", "horse")
@@ -135,11 +135,13 @@ TEXT_CLASS_NAMES = ("red", "green", "vehicle")
 def running_server(**overrides: object) -> Iterator[RunningServer]:
     """Start a real server in this process on 127.0.0.1:0; stop it on exit.
 
-    ``overrides`` are :class:`Settings` fields (e.g. ``thresholds=Path(...)``).
+    ``overrides`` are :class:`Settings` fields (e.g. ``thresholds=Path(...)``); the
+    metrics endpoint is off unless ``metrics_port`` is given (0: any free port, read
+    back as ``server.metrics_port``).
     """
     with tempfile.TemporaryDirectory(prefix="labelwatch-test-") as data_dir:
         settings = dataclasses.replace(
-            Settings(port=0, metrics_port=0, grace_seconds=2.0, data_dir=Path(data_dir)),
+            Settings(port=0, metrics_port=None, grace_seconds=2.0, data_dir=Path(data_dir)),
             **overrides,  # type: ignore[arg-type]
         )
         server = start(settings, registry=CollectorRegistry())
@@ -160,6 +162,8 @@ class ServerProcess:
 
     process: subprocess.Popen[str]
     port: int
+    metrics_ports: tuple[int, ...] = ()
+    """The bound ``/metrics`` port of each worker process (none when off)."""
 
     @property
     def target(self) -> str:
@@ -188,7 +192,7 @@ def server_process(args: Sequence[str], *, timeout: float = 120.0) -> Iterator[S
         "--port",
         "0",
         "--metrics-port",
-        "0",
+        "off",
         "--data-dir",
         data_dir,
         *args,
@@ -199,6 +203,7 @@ def server_process(args: Sequence[str], *, timeout: float = 120.0) -> Iterator[S
     try:
         deadline = time.monotonic() + timeout
         port = None
+        metrics_ports: tuple[int, ...] = ()
         assert proc.stdout is not None
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
@@ -207,12 +212,14 @@ def server_process(args: Sequence[str], *, timeout: float = 120.0) -> Iterator[S
             match = re.search(r"listening on [\d.]+:(\d+)", line)
             if match:
                 port = int(match.group(1))
+                bound = re.search(r"metrics_port=([\d,]+)", line)
+                metrics_ports = tuple(int(p) for p in bound.group(1).split(",")) if bound else ()
                 break
         if port is None:
             proc.kill()
             _, err = proc.communicate(timeout=10)
             raise RuntimeError(f"server did not start: {err}")
-        yield ServerProcess(proc, port)
+        yield ServerProcess(proc, port, metrics_ports)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)

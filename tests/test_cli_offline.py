@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
 import labelwatch
-from labelwatch import config
+from labelwatch import config_cli
 from labelwatch.calibration import load_artifact
 from labelwatch.cli import main
 from labelwatch.scoring import FilterBy, decide
@@ -221,9 +221,9 @@ def _serve_flags(
     """Start `labelwatch serve --thresholds artifact *extra` in-process (flags parsed as the
     CLI parses them); return GetModelInfo's flag rule and Score's ``(n, K)`` flags."""
     parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
+    config_cli.add_arguments(parser)
     argv = ["--thresholds", artifact, "--port", "0", "--metrics-port", "0", *extra]
-    settings = config.settings_from(parser.parse_args([*argv, "--data-dir", str(state)]), {})
+    settings = config_cli.settings_from(parser.parse_args([*argv, "--data-dir", str(state)]), {})
     server = start(settings, registry=CollectorRegistry())
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:

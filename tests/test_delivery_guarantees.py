@@ -43,7 +43,6 @@ from support_delivery import (
     wait_until,
     webhook_receiver,
 )
-from support_ports import free_port
 from support_server import write_artifact
 
 # slow: real server, nats-server and Label Studio processes, kill -9, restarts
@@ -172,13 +171,12 @@ def test_kill_9_mid_stream_loses_no_flag_and_sinks_hold_no_duplicates(tmp_path: 
 def test_a_down_sink_does_not_slow_scoring_and_drains_in_order(tmp_path: Path) -> None:
     artifact = write_artifact(tmp_path / "thresholds.json")
     outbox_path = tmp_path / "outbox.sqlite3"
-    metrics_port = free_port()
-    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     with nats_server(tmp_path / "js") as nats:
         args = ["--thresholds", str(artifact), "--outbox", str(outbox_path)]
         args += ["--nats-url", nats.url, *FAST_RETRY]
-        args += ["--metrics-port", str(metrics_port)]
+        args += ["--metrics-port", "0"]  # any free port, read back from the start-up line
         with delivery_server(args, log_dir=tmp_path) as server:
+            metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
             stub = pb_grpc.LabelQualityStub(channel(server.target))
             box = Outbox(outbox_path, create=False)
 
@@ -224,12 +222,11 @@ def test_label_studio_down_does_not_slow_scoring_and_drains_in_order(tmp_path: P
 
     ls.stop()
     outbox_path = tmp_path / "outbox.sqlite3"
-    metrics_port = free_port()
-    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    metrics_url = ""  # known once the server has bound its metrics port
     args = [
         *common,
         "--outbox", str(outbox_path),
-        "--metrics-port", str(metrics_port),
+        "--metrics-port", "0",
         "--label-studio-url", ls.url,
         "--label-studio-token-file", str(token_file),
         "--label-studio-project", title,
@@ -245,6 +242,7 @@ def test_label_studio_down_does_not_slow_scoring_and_drains_in_order(tmp_path: P
         return sample or 0.0
 
     with delivery_server(args, log_dir=tmp_path) as server:
+        metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
         stub = pb_grpc.LabelQualityStub(channel(server.target))
         try:
             score_while_down(stub, 0, 15, pending)

@@ -89,11 +89,11 @@ def test_model_failing_inside_onnxruntime_is_internal_and_logged_once(tmp_path: 
         _, stderr = proc.process.communicate(timeout=30)
     assert proc.process.returncode == 0
     records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    internal = [r for r in records if "event=internal_error" in r["msg"]]
+    internal = [r for r in records if r.get("event") == "internal_error"]
     assert len(internal) == 1, stderr
     [record] = internal
     assert record["level"] == "error"
-    assert "method=Score" in record["msg"] and "model run failed" in record["msg"]
+    assert record["method"] == "Score" and "model run failed" in record["error"]
     # the operator gets onnxruntime's own reason, which the caller did not
     assert "Reshape" in record["exc"]
     assert "Reshape" not in details and "Traceback" not in details

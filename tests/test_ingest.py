@@ -28,6 +28,7 @@ from labelwatch.codec import ExampleDecoder
 from labelwatch.codec.proto import example_from_proto
 from labelwatch.config import Settings
 from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
+from labelwatch.engine import load_pipeline
 from labelwatch.errors import OutboxUnavailable
 from labelwatch.flag_record import Flag, flags_from_batch
 from labelwatch.ingest import ConsumeOptions, StreamConsumer
@@ -35,7 +36,6 @@ from labelwatch.ingest_app import READY_LINE
 from labelwatch.ingest_messages import PROTOBUF_CONTENT_TYPE
 from labelwatch.metrics import IngestMetrics, Metrics
 from labelwatch.outbox import Outbox
-from labelwatch.server import load_pipeline
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from support_delivery import NatsServer, clean_example, flagged_example, nats_server, wait_until
 from support_server import CLASS_NAMES, _env, write_artifact

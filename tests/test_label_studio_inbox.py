@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from labelwatch.config import Settings
 from labelwatch.domain import LabeledExample, ScoredBatch
+from labelwatch.engine import load_pipeline
 from labelwatch.labelstudio.processor import AnnotationProcessor
 from labelwatch.labelstudio.webhook import (
     DELETE_ACTION,
@@ -33,7 +34,6 @@ from labelwatch.labelstudio.writeback import SUMMARY_KEYS, merged_data, review_p
 from labelwatch.labelstudio.writequeue import WriteBack, WriteBackQueue
 from labelwatch.metrics import Metrics
 from labelwatch.outbox import Outbox
-from labelwatch.server import load_pipeline
 from labelwatch.sinks.base import RetryPolicy
 from support_delivery import wait_until
 from support_server import CLASS_NAMES

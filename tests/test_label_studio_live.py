@@ -50,7 +50,6 @@ from labelwatch.server import RunningServer
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
 from support_delivery import LabelStudio, label_studio, wait_until
-from support_ports import free_port
 from support_server import _env as support_env
 from support_server import running_server, target_of
 
@@ -111,7 +110,7 @@ def _ls_server_settings(ls: LabelStudio, tmp: Path) -> dict[str, Any]:
         # the Label Studio mechanics are tested on the rule that flags every confident
         # disagreement (the default budget rule would keep only the likeliest errors)
         "filter_by": FilterBy.CONFIDENT_LEARNING,
-        "http_port": free_port(),
+        "http_port": 0,  # any free port: read back as server.http_port
         "ls_webhook_secret_file": secret_file,
         "ls_writeback_url": ls.url,
         "label_studio_token_file": token_file,
@@ -308,9 +307,15 @@ def test_updated_annotation_is_rescored_without_a_duplicate_prediction(setup: Se
         timeout=30,
         interval=0.5,
     )
-    # the suggestion made for the first version no longer applies: it is removed
-    preds = ls.request("GET", f"/api/predictions/?task={task_id}")
-    assert [p for p in preds if p["mislabeling"] > 0] == []
+
+    # the suggestion made for the first version no longer applies: it is removed (after the
+    # task's data is written: wait for the removal rather than race it)
+    def review_predictions() -> list[dict[str, Any]]:
+        preds = ls.request("GET", f"/api/predictions/?task={task_id}")
+        return [p for p in preds if p["mislabeling"] > 0]
+
+    wait_until(lambda: review_predictions() == [], what="the stale suggestion removed", timeout=30)
+    assert review_predictions() == []
     data = ls.request("GET", f"/api/tasks/{task_id}")["data"]
     assert list(data["labelwatch_annotations"]) == [str(ann["id"])]
 
@@ -462,7 +467,6 @@ def test_write_back_survives_label_studio_down_and_a_labelwatch_restart(setup: S
                 outbox.close()
         finally:
             ls.start(120)
-        settings["http_port"] = free_port()
         with running_server(**settings) as second:
 
             def data(task_id: int) -> dict[str, Any]:
@@ -562,7 +566,7 @@ def test_unreadable_mapping_file_stops_start_up(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     with (
         pytest.raises(StartupError, match=r"bad\.json"),
-        running_server(http_port=free_port(), ls_projects=tmp_path / "bad.json"),
+        running_server(http_port=0, ls_projects=tmp_path / "bad.json"),
     ):
         pass
 
@@ -657,7 +661,6 @@ def test_events_answered_202_survive_a_kill_9_and_are_all_scored_and_written_bac
             assert outbox.ls_event_backlog()[0] == 4  # all stored, none processed
         finally:
             outbox.close()
-        settings["http_port"] = free_port()
         with running_server(**settings) as second:
 
             def data(task_id: int) -> dict[str, Any]:

@@ -80,8 +80,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
                 expected[(name, kind)] = int(mask[:, k].sum())
     assert expected, "the workload must produce flags"
 
-    metrics_port = free_port()
-    with running_server(thresholds=artifact_path, metrics_port=metrics_port) as server:
+    with running_server(thresholds=artifact_path, metrics_port=0) as server:
+        metrics_port = server.metrics_port
         with grpc.insecure_channel(target_of(server)) as channel:
             stub = pb_grpc.LabelQualityStub(channel)
             for start in range(0, len(probs), 20):
@@ -271,9 +271,8 @@ def test_a_stream_the_client_cancels_is_counted_as_cancelled(tmp_path: Any) -> N
             )
         ]
     )
-    metrics_port = free_port()
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    with running_server(thresholds=artifact_path, metrics_port=metrics_port) as server:
+    with running_server(thresholds=artifact_path, metrics_port=0) as server:
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
         with grpc.insecure_channel(target_of(server)) as channel:
             stub = pb_grpc.LabelQualityStub(channel)
             release = threading.Event()

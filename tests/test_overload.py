@@ -26,7 +26,6 @@ from labelwatch.security.admission import Admission
 from labelwatch.server import RunningServer
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
-from support_ports import free_port
 from support_security import score_request
 from support_server import (
     CLASS_NAMES,
@@ -253,11 +252,9 @@ def test_ten_times_capacity_sheds_the_excess_and_admitted_requests_all_succeed(
     artifact: Path,
 ) -> None:
     size, capacity_requests = 100, 2
-    metrics_port = free_port()
-    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     args = [
         "--thresholds", str(artifact),
-        "--metrics-port", str(metrics_port),
+        "--metrics-port", "0",  # any free port, read back from the start-up line
         "--threads", "6",
         "--max-batch", str(size),
         "--max-inflight", str(size * capacity_requests),
@@ -265,6 +262,8 @@ def test_ten_times_capacity_sheds_the_excess_and_admitted_requests_all_succeed(
         "--max-streams", "2",
     ]  # fmt: skip
     with server_process(args) as proc:
+        (metrics_port,) = proc.metrics_ports
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         pid = proc.process.pid
         # warm up, then the baseline: one client, well under capacity
         _load(proc.target, 1, 0.5, size)

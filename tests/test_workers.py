@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -55,21 +54,6 @@ ADDITIVE = (
 )
 LABEL_QUALITY = "labelwatch.v1.LabelQuality"
 WORKERS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus-workers.yml"
-
-
-def _two_free_ports() -> int:
-    """A port P such that P and P + 1 are free on 127.0.0.1 right now."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return int(port)
-    raise RuntimeError("no two adjacent free ports")
 
 
 def _samples(text: str) -> dict[Series, float]:
@@ -169,11 +153,11 @@ def test_metrics_summed_over_two_workers_equal_one_process_scoring_the_same_call
     assert any(name == "labelwatch_class_flags_total" for name, _ in expected), "no flags"
     assert _handled(reference) == len(calls)
 
-    metrics = _two_free_ports()
-    args = ["--thresholds", str(art), "--workers", "2", "--metrics-port", str(metrics)]
+    args = ["--thresholds", str(art), "--workers", "2", "--metrics-port", "0"]
     with server_process(args) as proc:
         assert _send(proc.target, calls) == expected_scored
-        ports = (metrics, metrics + 1)
+        ports = proc.metrics_ports
+        assert len(set(ports)) == 2, ports  # each worker bound a free port of its own
         # the interceptor counts a call as its handler returns: wait until all are counted
         _poll(
             "every call to be counted",
@@ -213,7 +197,6 @@ def test_prometheus_with_the_shipped_workers_config_sums_every_worker(tmp_path: 
     binary = require_tool("prometheus")
     art = write_artifact(tmp_path / "t.json")
     calls = _workload()
-    metrics = _two_free_ports()
     config = yaml.safe_load(WORKERS_CONFIG.read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(WORKERS_CONFIG.parent / "alerts.yml")]
@@ -221,11 +204,12 @@ def test_prometheus_with_the_shipped_workers_config_sums_every_worker(tmp_path: 
     assert len(job["static_configs"]) == 2  # one target per worker of --workers 2
     for i, group in enumerate(job["static_configs"]):
         assert group["targets"] == [f"127.0.0.1:{9464 + i}"]
-        group["targets"] = [f"127.0.0.1:{metrics + i}"]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
 
-    args = ["--thresholds", str(art), "--workers", "2", "--metrics-port", str(metrics)]
+    args = ["--thresholds", str(art), "--workers", "2", "--metrics-port", "0"]
     with server_process(args) as proc:
+        for group, bound in zip(job["static_configs"], proc.metrics_ports, strict=True):
+            group["targets"] = [f"127.0.0.1:{bound}"]  # the shipped ports, moved to the bound ones
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         scored = _send(proc.target, calls)
         port = free_port()
         url = f"http://127.0.0.1:{port}"

@@ -241,7 +241,7 @@ class LabelwatchServer(_ServerProcess):
         cmd = [sys.executable, "-m", "labelwatch.cli", "serve"]
         if self.served.model is not None:
             cmd += ["--model", str(self.served.model)]
-        cmd += ["--thresholds", str(self.served.thresholds), "--port", "0", "--metrics-port", "0"]
+        cmd += ["--thresholds", str(self.served.thresholds), "--port", "0", "--metrics-port", "off"]
         cmd += ["--data-dir", str(self.work_dir / "data")]
         return cmd + self.config.flags()
 

@@ -1,15 +1,15 @@
-"""Server settings: one object, filled from CLI flags, then ``LABELWATCH_*`` env, then defaults."""
+"""Server settings: one object, filled from CLI flags, then ``LABELWATCH_*`` env, then defaults.
+
+This module says what each setting means (help, unit, default); :mod:`labelwatch.config_cli`
+fills a :class:`Settings` from the command line and the environment.
+"""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
 import urllib.parse
-from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from labelwatch.scoring import FilterBy
 
@@ -51,10 +51,21 @@ class Settings:
         metadata={"help": "version stamped on results (default: <model name>-<sha256[:12]>)."},
     )
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind."})
-    port: int = field(default=50051, metadata={"help": "gRPC port; 0 picks a free one."})
-    metrics_port: int = field(
+    port: int = field(
+        default=50051,
+        metadata={
+            "help": "gRPC port; 0 = any free port (the bound port is printed and logged).",
+            "listener": "required",
+        },
+    )
+    # None: no endpoint. 0 asks for any free port (it meant "off" before: write off now)
+    metrics_port: int | None = field(
         default=9464,
-        metadata={"help": "Prometheus /metrics HTTP port on --host; 0 turns it off."},
+        metadata={
+            "help": "Prometheus /metrics HTTP port on --host; 0 = any free port (printed and "
+            "logged), off = no endpoint. (0 used to mean off: write off.)",
+            "listener": "optional",
+        },
     )
     max_batch: int = field(
         default=1024,
@@ -112,8 +123,8 @@ class Settings:
         default=1,
         metadata={
             "help": "server processes sharing the port (SO_REUSEPORT); worker i serves "
-            "metrics on --metrics-port + i. Give each onnxruntime cores/workers "
-            "--intra-op-threads."
+            "metrics on --metrics-port + i (with --metrics-port 0, each on any free port). "
+            "Give each onnxruntime cores/workers --intra-op-threads."
         },
     )
     intra_op_threads: int = field(
@@ -238,11 +249,14 @@ class Settings:
         metadata={"help": "title of the Label Studio project (created if missing)."},
     )
     # -- Label Studio, both ways (docs/label-studio.md) --
-    http_port: int = field(
-        default=0,
+    http_port: int | None = field(
+        default=None,
         metadata={
             "help": "HTTP port on --host for Label Studio: annotation webhooks (POST /webhook) "
-            "and the ML backend protocol (/health, /setup, /predict); 0 turns it off."
+            "and the ML backend protocol (/health, /setup, /predict); 0 = any free port "
+            "(printed and logged), off = no HTTP server. (0 used to mean off: write off.)",
+            "listener": "optional",
+            "default_shown": "off",
         },
     )
     ls_text_key: str = field(
@@ -389,6 +403,8 @@ class Settings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             out[f.name] = value.value if isinstance(value, FilterBy) else str(value)
+            if f.metadata.get("listener") and value is None:
+                out[f.name] = "off"
             if f.metadata.get("mask") == "url" and isinstance(value, str):
                 out[f.name] = mask_url(value)
         return out
@@ -413,87 +429,3 @@ def mask_url(url: str) -> str:
         netloc = netloc.replace(":" + parts.password + "@", ":***@", 1)
     query = "***" if parts.query else ""
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _env_name(name: str) -> str:
-    return "LABELWATCH_" + name.upper()
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
-
-
-def _converter(f: dataclasses.Field[Any]) -> Any:
-    kind = str(f.type)
-    if "Path" in kind:
-        return Path
-    if "FilterBy" in kind:
-        return FilterBy
-    if kind.startswith("int"):
-        return int
-    if kind.startswith("float"):
-        return float
-    return str
-
-
-def add_arguments(
-    parser: argparse.ArgumentParser, *, exclude: Collection[str] = frozenset()
-) -> None:
-    """Add one ``--flag`` per :class:`Settings` field, with help, unit and env name.
-
-    ``exclude``: field names a command has no use for (they keep their defaults).
-    """
-    for f in dataclasses.fields(Settings):
-        if f.name in exclude:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        shown = f.metadata.get("default_shown", _show(f.default))
-        help_text = f"{f.metadata['help']} [env {_env_name(f.name)}; default {shown}]"
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", default=None, help=help_text)
-            continue
-        parser.add_argument(
-            flag,
-            type=_converter(f),
-            default=None,
-            choices=[_converter(f)(c) for c in f.metadata.get("choices", [])] or None,
-            help=help_text,
-            metavar=f.name.upper(),
-        )
-
-
-def _show(value: object) -> str:
-    return value.value if isinstance(value, FilterBy) else str(value)
-
-
-def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
-    """Resolve each field: CLI flag if given, else ``LABELWATCH_<NAME>``, else the default.
-
-    Raises ``ValueError`` naming the env variable for an unparsable value.
-    """
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(Settings):
-        given = getattr(args, f.name, None)
-        if given is not None:
-            values[f.name] = given
-            continue
-        raw = env.get(_env_name(f.name))
-        if raw is None:
-            continue
-        try:
-            if f.type in ("bool", bool):
-                values[f.name] = _parse_bool(raw)
-            else:
-                values[f.name] = _converter(f)(raw)
-        except ValueError as exc:
-            raise ValueError(f"{_env_name(f.name)}: {exc}") from exc
-        choices = f.metadata.get("choices")
-        if choices and str(_show(values[f.name])) not in choices:
-            raise ValueError(f"{_env_name(f.name)}: must be one of {', '.join(choices)}")
-    return Settings(**values)

@@ -3,8 +3,10 @@
 Each worker is a full server (own model session, batcher and metrics) bound
 with SO_REUSEPORT; the kernel spreads incoming connections across them. Worker
 ``i`` serves Prometheus metrics on ``--metrics-port + i`` (one exporter per
-worker: sum across them in PromQL). The parent forwards SIGTERM/SIGINT and
-exits 0 once every worker drained and exited 0.
+worker: sum across them in PromQL; with ``--metrics-port 0`` each worker binds
+any free port). The parent fixes the shared ports first (0 = any free port),
+prints them with every worker's metrics port once all are ready, forwards
+SIGTERM/SIGINT and exits 0 once every worker drained and exited 0.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import os
 import signal
 import socket
 import sys
+from multiprocessing.sharedctypes import SynchronizedArray
 from multiprocessing.synchronize import Event as EventType
 from types import FrameType
 
 from labelwatch import logs
 from labelwatch.config import Settings
+from labelwatch.ports import shown
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +38,24 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return sock, int(sock.getsockname()[1])
 
 
-def _worker_main(settings: Settings, index: int, ready: EventType) -> None:
-    from labelwatch.server import serve_forever
+def _worker_main(
+    settings: Settings, index: int, ready: EventType, metrics_ports: SynchronizedArray[int]
+) -> None:
+    from labelwatch.server import RunningServer, serve_forever
 
     logs.configure(settings.log_level, settings.log_format)
     logging.getLogger().handlers[0].addFilter(_WorkerTag(index))
-    sys.exit(serve_forever(settings, reuse_port=True, on_ready=ready.set))
+
+    def _ready(running: RunningServer) -> None:
+        metrics_ports[index] = -1 if running.metrics_port is None else running.metrics_port
+        ready.set()
+
+    sys.exit(serve_forever(settings, reuse_port=True, on_ready=_ready))
+
+
+def _worker_metrics_port(metrics_port: int | None, index: int) -> int | None:
+    """Worker ``index``'s ``/metrics`` port: off, any free port (0), or ``metrics_port + index``."""
+    return metrics_port + index if metrics_port else metrics_port
 
 
 class _WorkerTag(logging.Filter):
@@ -57,17 +73,24 @@ class _WorkerTag(logging.Filter):
 def run_workers(settings: Settings, *, ready_timeout: float = 300.0) -> int:
     """Start ``settings.workers`` server processes on one port; return the exit code."""
     sock, port = reserve_port(settings.host, settings.port)
+    reserved = [sock]
+    http_port = settings.http_port
+    if http_port is not None:
+        http_sock, http_port = reserve_port(settings.host, http_port)
+        reserved.append(http_sock)
     ctx = multiprocessing.get_context("spawn")
+    metrics_ports = ctx.Array("i", [-1] * settings.workers)
     processes = []
     events = []
     for index in range(settings.workers):
         worker_settings = dataclasses.replace(
             settings,
             port=port,
-            metrics_port=settings.metrics_port + index if settings.metrics_port else 0,
+            http_port=http_port,
+            metrics_port=_worker_metrics_port(settings.metrics_port, index),
         )
         ready = ctx.Event()
-        proc = ctx.Process(target=_worker_main, args=(worker_settings, index, ready))
+        proc = ctx.Process(target=_worker_main, args=(worker_settings, index, ready, metrics_ports))
         proc.start()
         processes.append(proc)
         events.append(ready)
@@ -92,8 +115,22 @@ def run_workers(settings: Settings, *, ready_timeout: float = 300.0) -> int:
                     _forward(signal.SIGTERM, None)
                     return 2
     finally:
-        sock.close()  # the workers have bound (or failed): the reservation can go
-    print(f"labelwatch listening on {settings.host}:{port} workers={settings.workers}", flush=True)
+        for reservation in reserved:  # the workers have bound (or failed): the reservations go
+            reservation.close()
+    bound = ",".join("off" if p < 0 else str(p) for p in metrics_ports[:])
+    print(
+        f"labelwatch listening on {settings.host}:{port} workers={settings.workers} "
+        f"metrics_port={bound} http_port={shown(http_port)}",
+        flush=True,
+    )
+    log.info(
+        "event=workers_listening address=%s:%d workers=%d metrics_ports=%s http_port=%s",
+        settings.host,
+        port,
+        settings.workers,
+        bound,
+        shown(http_port),
+    )
     for proc in processes:
         proc.join()
     codes = [proc.exitcode for proc in processes]

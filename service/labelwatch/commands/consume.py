@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from labelwatch import config, logs
+from labelwatch import config, config_cli, logs
 from labelwatch.errors import StartupError
 
 log = logging.getLogger("labelwatch.consume")
@@ -113,7 +113,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             metavar=name.upper(),
             help=f"{help_text} [env {env}; default {default}]",
         )
-    config.add_arguments(parser, exclude=_SERVE_ONLY)
+    config_cli.add_arguments(parser, exclude=_SERVE_ONLY)
     parser.set_defaults(func=run)
 
 
@@ -133,7 +133,7 @@ def _consume_value(args: argparse.Namespace, name: str, kind: type, default: obj
 def run(args: argparse.Namespace) -> int:
     """Resolve settings, consume until a signal, drain; return the exit code."""
     try:
-        settings = config.settings_from(args)
+        settings = config_cli.settings_from(args)
         values = {n: _consume_value(args, n, k, d) for n, k, d, _ in _CONSUME_FLAGS}
     except ValueError as exc:
         print(f"labelwatch consume: error: {exc}", file=sys.stderr)
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
     from labelwatch.ingest import ConsumeOptions  # heavy imports only once settings are valid
     from labelwatch.ingest_app import consume_forever
-    from labelwatch.server import with_default_model
+    from labelwatch.engine import with_default_model
 
     settings = with_default_model(settings)  # the log names the files really served
 
@@ -163,13 +163,11 @@ def run(args: argparse.Namespace) -> int:
         duplicate_window_seconds=float(values["duplicate_window_seconds"]),
         grace_seconds=settings.grace_seconds,
     )
-    log.info(
-        "event=config %s %s",
-        " ".join(f"{k}={v}" for k, v in settings.describe().items()),
-        " ".join(
-            f"consume_{k}={config.mask_url(v) if k == 'nats' else v}" for k, v in values.items()
-        ),
+    described = settings.describe()  # secrets masked
+    described.update(
+        (f"consume_{k}", config.mask_url(v) if k == "nats" else str(v)) for k, v in values.items()
     )
+    log.info("event=config " + logs.kv_format(list(described)), *described.values())
     try:
         return consume_forever(settings, options)
     except StartupError as exc:

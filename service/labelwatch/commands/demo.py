@@ -311,10 +311,11 @@ def _server(target: str | None, data_dir: Path) -> Iterator[str]:
         yield target
         return
     from labelwatch.config import Settings
-    from labelwatch.server import start, with_default_model
+    from labelwatch.engine import with_default_model
+    from labelwatch.server import start
 
     # the demo's flags are throwaway: its server keeps its outbox under --out
-    base = Settings(port=0, metrics_port=0, data_dir=data_dir)
+    base = Settings(port=0, metrics_port=None, data_dir=data_dir)
     settings = with_default_model(base)
     if settings.model is None:
         raise SystemExit("labelwatch demo: the embedded default model is not installed")

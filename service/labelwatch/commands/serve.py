@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from labelwatch import config, logs
+from labelwatch import config_cli, logs
 from labelwatch.errors import StartupError
 
 log = logging.getLogger("labelwatch.serve")
@@ -31,23 +31,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    config.add_arguments(parser)
+    config_cli.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Resolve settings, start the server, block until a signal; return the exit code."""
     try:
-        settings = config.settings_from(args)
+        settings = config_cli.settings_from(args)
     except ValueError as exc:
         print(f"labelwatch serve: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    from labelwatch.server import serve_forever, with_default_model  # heavy: after validation
+    from labelwatch.engine import with_default_model  # heavy imports only once settings are valid
+    from labelwatch.server import serve_forever
     from labelwatch.workers import run_workers
 
     settings = with_default_model(settings)  # the log names the files really served
-    log.info("event=config %s", " ".join(f"{k}={v}" for k, v in settings.describe().items()))
+    described = settings.describe()  # secrets masked
+    log.info("event=config " + logs.kv_format(list(described)), *described.values())
 
     try:
         if settings.workers > 1:

@@ -22,13 +22,13 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from labelwatch.config import Settings
 from labelwatch.delivery import read_secret
-from labelwatch.domain import LabeledExample, ScoredBatch
+from labelwatch.engine import Engine
 from labelwatch.errors import StartupError
 from labelwatch.labelstudio.client import LabelStudioClient
 from labelwatch.labelstudio.leases import release_dead_leases
@@ -45,9 +45,7 @@ from labelwatch.labelstudio.writeback import TaskWriter
 from labelwatch.labelstudio.writequeue import WriteBackQueue, WriteBackWorker
 from labelwatch.metrics import LabelStudioMetrics
 from labelwatch.outbox import Outbox, OutboxError
-from labelwatch.pipeline import Pipeline
 from labelwatch.sinks.base import RetryPolicy
-from labelwatch.verdicts import VerdictBook
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +191,8 @@ class LabelStudioHttp:
             self._httpd.server_close()
             raise
         self.port = int(self._httpd.server_address[1])
+        self._stopped = False
+        log.info("event=listening listener=label_studio_http address=%s:%d", host, self.port)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="ls-http", daemon=True
         )
@@ -250,9 +250,14 @@ class LabelStudioHttp:
         """Stop accepting requests, then processing and writing back.
 
         Events not processed and write-backs not done by then stay in the outbox
-        for the next start.
+        for the next start. Idempotent; releases the port also when :meth:`start`
+        was never called.
         """
-        self._httpd.shutdown()
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread.is_alive():
+            self._httpd.shutdown()
         self._httpd.server_close()
         self.processor.close()
         if self.writer is not None:
@@ -261,25 +266,23 @@ class LabelStudioHttp:
 
 def from_settings(
     settings: Settings,
-    pipeline: Pipeline,
-    score: Callable[[Sequence[LabeledExample]], ScoredBatch],
+    engine: Engine,
     environ: Mapping[str, str],
     *,
     reuse_port: bool = False,
-    verdicts: VerdictBook | None = None,
 ) -> LabelStudioHttp:
-    """Build (not start) the HTTP server ``settings`` ask for (``--http-port`` non-zero).
+    """Build (not start) the HTTP server ``settings`` ask for (``--http-port``; 0 = any free).
 
-    Raises :class:`StartupError` for an unreadable secret file, no outbox (it
-    holds the received events and the write-back queue), a write-back URL without
-    a token, or a port that cannot be bound. Metrics go on ``pipeline.metrics.registry``.
-    Implicit verdicts (``--ls-implicit-verdicts on``) are counted through ``verdicts``.
+    Annotations are scored by ``engine``; received events, their flags and the
+    write-backs go to the engine's outbox. Raises :class:`StartupError` for an
+    unreadable secret file, a write-back URL without a token, or a port that
+    cannot be bound. Metrics go on the engine's registry; implicit verdicts
+    (``--ls-implicit-verdicts on``) are counted through the engine's verdict book.
     """
-    outbox = pipeline.outbox
-    if outbox is None:
-        raise StartupError(
-            "--http-port needs the outbox (received Label Studio events are stored there)"
-        )
+    pipeline = engine.pipeline
+    outbox = engine.outbox
+    if settings.http_port is None:
+        raise StartupError("the Label Studio HTTP port is off (--http-port off)")
     secret: str | None
     if settings.ls_webhook_secret_file is not None or environ.get(settings.ls_webhook_secret_env):
         secret = read_secret(
@@ -304,7 +307,7 @@ def from_settings(
         except ValueError as exc:
             raise StartupError(str(exc)) from exc
     class_names = tuple(pipeline.spec.class_names)
-    metrics = LabelStudioMetrics(pipeline.metrics.registry)
+    metrics = LabelStudioMetrics(engine.registry)
     queue: WriteBackQueue | None = None
     worker: WriteBackWorker | None = None
     policy = RetryPolicy(
@@ -333,14 +336,14 @@ def from_settings(
         metrics.track_writebacks(queue)
     processor = AnnotationProcessor(
         outbox,
-        score,
+        engine.score,
         class_names,
         mappings,
         writeback=queue is not None,
         policy=policy,
         on_queued=(lambda: None) if queue is None else queue.notify,
         implicit_verdicts=settings.ls_implicit_verdicts == "on",
-        on_verdict=(lambda row: None) if verdicts is None else verdicts.counted_one,
+        on_verdict=engine.verdicts.counted_one,
         observe=metrics.observe_annotation,
     )
     backend = MlBackend(

@@ -14,7 +14,6 @@ from labelwatch.metrics import SecurityMetrics
 from labelwatch.security.admission import Admission, StreamLimitInterceptor
 from labelwatch.security.auth import AuthInterceptor
 from labelwatch.security.decoding import DecodeGuardInterceptor
-from labelwatch.security.limits import ExampleLimits
 from labelwatch.security.tls import server_credentials, tls_files, warn_if_exposed
 from labelwatch.security.tokens import TokenFileError, TokenStore, load_tokens
 
@@ -27,7 +26,6 @@ class SecurityLayer:
 
     metrics: SecurityMetrics
     admission: Admission
-    limits: ExampleLimits
     interceptors: tuple[grpc.ServerInterceptor, ...]
     credentials: grpc.ServerCredentials | None  # None: plaintext
     tokens: TokenStore | None  # None: no authentication
@@ -93,7 +91,6 @@ def build_security(settings: Settings, registry: CollectorRegistry) -> SecurityL
     return SecurityLayer(
         metrics=metrics,
         admission=Admission(settings.max_inflight, metrics),
-        limits=ExampleLimits(settings.max_labels_per_example, settings.max_text_bytes),
         interceptors=tuple(interceptors),
         credentials=credentials,
         tokens=tokens,
