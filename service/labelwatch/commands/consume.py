@@ -141,9 +141,9 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     from nats.errors import Error as NatsError
 
+    from labelwatch.engine import with_default_model
     from labelwatch.ingest import ConsumeOptions  # heavy imports only once settings are valid
     from labelwatch.ingest_app import consume_forever
-    from labelwatch.engine import with_default_model
 
     settings = with_default_model(settings)  # the log names the files really served
 
