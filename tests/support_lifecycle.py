@@ -5,9 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from support_server import CLASS_NAMES, float_model, write_artifact
-
 from labelwatch.repository import MODEL_FILE, THRESHOLDS_FILE
+from support_server import CLASS_NAMES, float_model, write_artifact
 
 
 def write_version(

@@ -17,6 +17,13 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support_lifecycle import write_version
+
+from labelwatch.config import Settings
+from labelwatch.errors import StartupError
+from labelwatch.server import start
+from labelwatch_proto.labelwatch.v1 import admin_pb2, admin_pb2_grpc
+from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
+from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
 from support_security import bearer, make_tokens
 from support_server import (
     CLASS_NAMES,
@@ -26,13 +33,6 @@ from support_server import (
     target_of,
     write_artifact,
 )
-
-from labelwatch.config import Settings
-from labelwatch.errors import StartupError
-from labelwatch.server import start
-from labelwatch_proto.labelwatch.v1 import admin_pb2, admin_pb2_grpc
-from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
-from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
 
 RELOAD = admin_pb2.ReloadModelRequest()
 
@@ -114,7 +114,9 @@ def test_reload_under_load_drops_no_request_and_switches_once(tmp_path: Path) ->
             with grpc.insecure_channel(target) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 while not stop.is_set():
-                    health_states.add(stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status)
+                    health_states.add(
+                        stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                    )
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
         threads.append(threading.Thread(target=watch_health))
@@ -154,7 +156,7 @@ def test_reload_under_load_drops_no_request_and_switches_once(tmp_path: Path) ->
 
 def _broken_versions(root: Path) -> dict[str, Callable[[Path], None]]:
     def wrong_class_count(folder: Path) -> None:
-        names = ("a", "b", "c")
+        names = CLASS_NAMES[:3]
         model = float_model(folder / "model.onnx", k=3, seed=5)
         write_artifact(folder / "thresholds.json", class_names=names, model_path=model)
 
@@ -231,7 +233,9 @@ def test_reload_needs_the_admin_role_when_tokens_are_on(tmp_path: Path) -> None:
 
 def test_reload_without_a_repository_is_a_failed_precondition(tmp_path: Path) -> None:
     write_version(tmp_path, "1")
-    with running_server(model=tmp_path / "1" / "model.onnx", thresholds=tmp_path / "1" / "thresholds.json") as server:
+    with running_server(
+        model=tmp_path / "1" / "model.onnx", thresholds=tmp_path / "1" / "thresholds.json"
+    ) as server:
         with grpc.insecure_channel(target_of(server)) as channel:
             with pytest.raises(grpc.RpcError) as info:
                 admin_pb2_grpc.AdminStub(channel).ReloadModel(RELOAD, timeout=10)

@@ -45,7 +45,10 @@ def test_thresholds_only_version_has_no_model(tmp_path: Path) -> None:
         (lambda root: (root / "current").write_text("../1"), "not a path-safe version name"),
         (lambda root: (root / "current").symlink_to("/tmp"), "not a version folder of this"),
         (
-            lambda root: ((root / "current").write_text("1"), (root / "CURRENT.txt").write_text("1")),
+            lambda root: (
+                (root / "current").write_text("1"),
+                (root / "CURRENT.txt").write_text("1"),
+            ),
             "2 'current' markers",
         ),
         (lambda root: (root / "v 2").mkdir(), "'v 2' is not a path-safe name"),
@@ -82,5 +85,5 @@ def test_missing_repository_is_reported(tmp_path: Path) -> None:
 def test_dangling_model_symlink_is_unreadable(tmp_path: Path) -> None:
     folder = write_version(tmp_path, "1", model_seed=None)
     os.symlink(tmp_path / "gone.onnx", folder / "model.onnx")
-    with pytest.raises(RepositoryError, match="model.onnx cannot be read"):
+    with pytest.raises(RepositoryError, match=r"model\.onnx cannot be read"):
         ModelRepository(tmp_path).resolve()

@@ -12,13 +12,13 @@ import grpc
 import numpy as np
 from prometheus_client import generate_latest
 from support_lifecycle import copy_version, write_version
-from support_server import CLASS_NAMES, running_server, target_of
 
 from labelwatch.cli import main
 from labelwatch.commands.models import collect
 from labelwatch.server import RunningServer
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
+from support_server import CLASS_NAMES, running_server, target_of
 
 
 def _score(server: RunningServer, batches: int, n: int = 16) -> list[pb.ScoreResult]:
@@ -72,7 +72,7 @@ def test_different_shadow_shows_the_difference_and_compare_prints_it(tmp_path: P
     write_version(tmp_path, "1", model_seed=1)
     write_version(tmp_path, "2", model_seed=9, artifact_seed=4)
     (tmp_path / "current").write_text("1")
-    with _shadow_server(tmp_path, "2") as server:  # type: ignore[attr-defined]
+    with _shadow_server(tmp_path, "2", metrics_port=0) as server:  # type: ignore[attr-defined]
         results = _score(server, batches=10)
         assert server.engine.shadow.wait_idle(60)
         url = f"http://127.0.0.1:{server.metrics_port}/metrics"

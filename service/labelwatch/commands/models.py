@@ -138,7 +138,7 @@ def _sort_agreement(counts: dict[str, float]) -> float:
 
 
 def _fetch(url: str, timeout: float) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (operator URL)
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         body: bytes = response.read()
     return body.decode("utf-8")
 

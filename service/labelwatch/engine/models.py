@@ -99,7 +99,9 @@ def check_compatible(candidate: Pipeline, serving: Pipeline) -> None:
     if a == b:
         return
     if a.class_names != b.class_names and a.n_classes == b.n_classes:
-        first = next(i for i, (x, y) in enumerate(zip(a.class_names, b.class_names)) if x != y)
+        first = next(
+            i for i, (x, y) in enumerate(zip(a.class_names, b.class_names, strict=True)) if x != y
+        )
         detail = f"class {first} is {a.class_names[first]!r}, serving {b.class_names[first]!r}"
     else:
         detail = f"it takes {describe_spec(a)}, the serving version {describe_spec(b)}"
@@ -226,7 +228,9 @@ class ModelLifecycle:
             check_compatible(candidate, serving)
             warm_up(candidate)
         except (StartupError, ValueError, ModelFailure, OSError) as exc:
-            return ReloadOutcome("refused", current, current, candidate=version.name, reason=str(exc))
+            return ReloadOutcome(
+                "refused", current, current, candidate=version.name, reason=str(exc)
+            )
         self._metrics.reload_seconds.observe(time.perf_counter() - started)
         old = self.holder.swap(candidate)
         self._metrics.loaded_at.set(self.holder.loaded_at)

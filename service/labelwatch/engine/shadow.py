@@ -68,10 +68,14 @@ def compare(
     return Comparison(len(x), agreeing, class_flags, sums.astype(np.float64))
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Item:
+    """Sampled examples and what the live model made of them."""
+
     examples: list[LabeledExample]
-    live: ScoredBatch
+    live_version: str
+    live_flags: NDArray[np.bool_]  # (n, K)
+    live_quality: NDArray[np.float64]  # (n,)
 
 
 class Shadow:
@@ -126,9 +130,13 @@ class Shadow:
             if self._queued + picked.size > self._max_queued:
                 self._metrics.dropped.inc(int(picked.size))
                 return
-            examples = [batch.examples[int(i)] for i in picked]
-            live = _take(batch, picked)
-            self._queue.append(_Item(examples, live))
+            item = _Item(
+                [batch.examples[int(i)] for i in picked],
+                batch.model_version,
+                batch.flags[picked],  # fancy indexing copies: the batch may be reused
+                batch.label_quality[picked],
+            )
+            self._queue.append(item)
             self._queued += picked.size
             self._metrics.queued.set(self._queued)
             self._cv.notify()
@@ -178,9 +186,8 @@ class Shadow:
         started = time.perf_counter()
         shadow = self.pipeline.compute(item.examples)
         self._metrics.seconds.observe(time.perf_counter() - started)
-        live = item.live
-        result = compare(live.flags, live.label_quality, shadow.flags, shadow.label_quality)
-        versions = (live.model_version, self.version)
+        result = compare(item.live_flags, item.live_quality, shadow.flags, shadow.label_quality)
+        versions = (item.live_version, self.version)
         m = self._metrics
         m.examples.labels(*versions).inc(result.n)
         m.agreeing.labels(*versions).inc(result.agreeing)
@@ -197,18 +204,3 @@ class Shadow:
             ("live", "shadow", "live_sq", "shadow_sq", "product"), result.quality_sums, strict=True
         ):
             m.quality_sums.labels(*versions, term).inc(float(value))
-
-
-def _take(batch: ScoredBatch, rows: NDArray[np.intp]) -> ScoredBatch:
-    """The rows ``rows`` of ``batch`` (copies: the batch's arrays may be reused)."""
-    return ScoredBatch(
-        examples=tuple(batch.examples[int(i)] for i in rows),
-        probabilities=batch.probabilities[rows],
-        labels=batch.labels[rows],
-        flags=batch.flags[rows],
-        label_quality=batch.label_quality[rows],
-        t0=batch.t0,
-        t1=batch.t1,
-        model_version=batch.model_version,
-        error_probability=None if batch.error_probability is None else batch.error_probability[rows],
-    )
