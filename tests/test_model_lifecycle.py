@@ -8,6 +8,7 @@ import logging
 import signal
 import threading
 import time
+import urllib.request
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 from support_lifecycle import write_version
 
 from labelwatch.config import Settings
@@ -267,3 +269,36 @@ def test_watch_repository_follows_new_versions_and_the_marker(tmp_path: Path) ->
             wait_for(lambda: _info(channel).version == "2", "the watcher's reload")
             (tmp_path / "current").write_text("1")  # roll back with the marker
             wait_for(lambda: _info(channel).version == "1", "the watcher's roll-back")
+
+
+def _served_versions(port: int) -> set[str]:
+    """The ``version`` labels of ``labelwatch_model_info`` on one worker's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.labels["version"]
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "labelwatch_model_info"
+    }
+
+
+def test_every_worker_reloads_and_its_metrics_say_which_version(tmp_path: Path) -> None:
+    write_version(tmp_path, "1")
+    args = ["--model-repository", str(tmp_path), "--workers", "2", "--metrics-port", "0"]
+    with server_process(args) as proc:
+        ports = proc.metrics_ports
+        assert len(ports) == 2
+        assert [_served_versions(p) for p in ports] == [{"1"}, {"1"}]
+        write_version(tmp_path, "2", model_seed=2)
+        proc.process.send_signal(signal.SIGHUP)  # the parent passes it to every worker
+        wait_for(
+            lambda: [_served_versions(p) for p in ports] == [{"2"}, {"2"}], "both workers on 2"
+        )
+        write_version(tmp_path, "3", model_seed=3)
+        with grpc.insecure_channel(proc.target) as channel:  # the RPC reaches one worker ...
+            reply = admin_pb2_grpc.AdminStub(channel).ReloadModel(RELOAD, timeout=60)
+        assert reply.version == "3"
+        wait_for(  # ... which asks the parent to reload the others
+            lambda: [_served_versions(p) for p in ports] == [{"3"}, {"3"}], "both workers on 3"
+        )

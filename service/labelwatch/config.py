@@ -53,40 +53,20 @@ class Settings:
     model_repository: Path | None = field(
         default=None,
         metadata={
-            "help": "versioned model repository: DIR/<version>/thresholds.json (+ model.onnx); "
-            "serves DIR/current (a symlink or a file naming the version), else the highest "
-            "version. SIGHUP, Admin.ReloadModel or --watch-repository swap in a new version "
-            "without dropping a request (README: Model lifecycle). Instead of --model and "
-            "--thresholds."
+            "help": "versioned models, instead of --model/--thresholds: serves DIR/current or the "
+            "highest DIR/<version>/ (model.onnx, thresholds.json); SIGHUP, Admin.ReloadModel or "
+            "--watch-repository swap in a new version live (README: Model lifecycle)."
         },
     )
-    watch_repository: bool = field(
-        default=False,
-        metadata={
-            "help": "poll --model-repository every --repository-poll-seconds and reload when "
-            "it names another version."
-        },
-    )
-    repository_poll_seconds: float = field(
-        default=5.0, metadata={"help": "seconds between two polls of --watch-repository."}
-    )
+    watch_repository: bool = field(default=False, metadata={"help": "reload when DIR changes."})
+    repository_poll_seconds: float = field(default=5.0, metadata={"help": "seconds per poll."})
     shadow_version: str | None = field(
         default=None,
-        metadata={
-            "help": "a version of --model-repository to score a sample of traffic with as well, "
-            "off the response path; its results are only compared (labelwatch_shadow_* "
-            "metrics, `labelwatch models compare`), never returned or stored."
-        },
+        metadata={"help": "a DIR version that scores a sample too, only to compare (not served)."},
     )
-    shadow_fraction: float = field(
-        default=0.1, metadata={"help": "share of examples the shadow model scores, in [0, 1]."}
-    )
+    shadow_fraction: float = field(default=0.1, metadata={"help": "share of examples shadowed."})
     shadow_queue_examples: int = field(
-        default=4096,
-        metadata={
-            "help": "most examples waiting for the shadow model; past it samples are dropped "
-            "and counted (labelwatch_shadow_dropped_total)."
-        },
+        default=4096, metadata={"help": "most examples queued for the shadow; past it, dropped."}
     )
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind."})
     port: int = field(

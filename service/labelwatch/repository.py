@@ -60,7 +60,7 @@ def version_key(name: str) -> tuple[tuple[int, int | str], ...]:
     ['9', '10', '2026-12-01', 'v2', 'v10']
     """
     parts = re.split(r"(\d+)", name)
-    return tuple((1, int(p)) if p.isdigit() else (0, p) for p in parts if p)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts if p)
 
 
 @dataclass(frozen=True)
