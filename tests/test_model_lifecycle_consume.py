@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support_delivery import NatsServer, nats_server, wait_until
 from support_lifecycle import write_version
 from test_ingest import RESULTS, consumers, examples, outputs, publish_json, result_count
+
+from support_delivery import NatsServer, nats_server, wait_until
 
 
 @pytest.fixture
