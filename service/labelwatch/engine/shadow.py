@@ -5,7 +5,8 @@ picks about ``fraction`` of the batch's examples and queues them with the live
 results; if the queue already holds ``max_queued`` examples they are dropped and
 counted instead (``labelwatch_shadow_dropped_total``), so a slow shadow never
 slows or grows the live path. One thread scores the queue with the shadow pipeline
-(which has no outbox: nothing it flags is stored, sent or returned) and adds the
+(which has no outbox: nothing it flags is stored, sent or returned), merging what
+is queued into one model call of at most :data:`MAX_SHADOW_BATCH` examples, and adds the
 comparison to :class:`~labelwatch.metrics.models.ShadowMetrics`.
 """
 
@@ -23,10 +24,13 @@ from numpy.typing import NDArray
 from labelwatch.domain import LabeledExample, ScoredBatch
 from labelwatch.drift import cap_classes
 from labelwatch.metrics.drift import OTHER_CLASS
-from labelwatch.metrics.models import ShadowMetrics
+from labelwatch.metrics.models import FLAGGED_BY, QUALITY_TERMS, ShadowMetrics
 from labelwatch.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+
+MAX_SHADOW_BATCH = 256
+"""Most examples in one shadow model call (queued samples are merged up to it)."""
 
 
 @dataclass(frozen=True)
@@ -171,23 +175,40 @@ class Shadow:
                     self._idle = True
                     self._cv.notify_all()
                     return
-                item = self._queue.popleft()
+                # everything queued in one model call: per-call overhead dominates small samples
+                items = [self._queue.popleft()]
+                size = len(items[0].examples)
+                while self._queue and size + len(self._queue[0].examples) <= MAX_SHADOW_BATCH:
+                    items.append(self._queue.popleft())
+                    size += len(items[-1].examples)
                 self._idle = False
             try:
-                self._score(item)
+                self._score(items)
             except Exception as exc:  # the shadow must never take the live path down
                 log.warning("event=shadow_failed version=%s error=%s", self.version, exc)
             finally:
                 with self._cv:
-                    self._queued -= len(item.examples)
+                    self._queued -= size
                     self._metrics.queued.set(self._queued)
 
-    def _score(self, item: _Item) -> None:
+    def _score(self, items: list[_Item]) -> None:
         started = time.perf_counter()
-        shadow = self.pipeline.compute(item.examples)
+        shadow = self.pipeline.compute([ex for item in items for ex in item.examples])
         self._metrics.seconds.observe(time.perf_counter() - started)
-        result = compare(item.live_flags, item.live_quality, shadow.flags, shadow.label_quality)
-        versions = (item.live_version, self.version)
+        start = 0
+        for item in items:
+            stop = start + len(item.examples)
+            result = compare(
+                item.live_flags,
+                item.live_quality,
+                shadow.flags[start:stop],
+                shadow.label_quality[start:stop],
+            )
+            self._count(result, item.live_version)
+            start = stop
+
+    def _count(self, result: Comparison, live_version: str) -> None:
+        versions = (live_version, self.version)
         m = self._metrics
         m.examples.labels(*versions).inc(result.n)
         m.agreeing.labels(*versions).inc(result.agreeing)
@@ -197,10 +218,8 @@ class Shadow:
             if not row.any():
                 continue
             name = names[k] if k < self._max_series else OTHER_CLASS
-            for col, flagged_by in enumerate(("live", "shadow", "both")):
+            for col, flagged_by in enumerate(FLAGGED_BY):
                 if row[col]:
                     m.class_flags.labels(*versions, name, flagged_by).inc(int(row[col]))
-        for term, value in zip(
-            ("live", "shadow", "live_sq", "shadow_sq", "product"), result.quality_sums, strict=True
-        ):
+        for term, value in zip(QUALITY_TERMS, result.quality_sums, strict=True):
             m.quality_sums.labels(*versions, term).inc(float(value))
