@@ -10,11 +10,15 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from support_lifecycle import copy_version, write_version
 
 from labelwatch.cli import main
 from labelwatch.commands.models import collect
+from labelwatch.domain import LabeledExample
+from labelwatch.engine import Engine
+from labelwatch.engine.shadow import Shadow
+from labelwatch.metrics.models import ShadowMetrics
 from labelwatch.server import RunningServer
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
@@ -95,8 +99,40 @@ def test_full_shadow_queue_drops_and_counts(tmp_path: Path) -> None:
     write_version(tmp_path, "1", model_seed=1)
     copy_version(tmp_path, "1", "2")
     (tmp_path / "current").write_text("1")
-    with _shadow_server(tmp_path, "2", shadow_queue_examples=8) as server:  # type: ignore[attr-defined]
-        results = _score(server, batches=3, n=16)  # each batch's 16 samples exceed the bound
-        assert server.engine.shadow.wait_idle(60)
-        dropped = server.engine.registry.get_sample_value("labelwatch_shadow_dropped_total")
-    assert dropped == len(results)
+    with _shadow_server(tmp_path, "2") as server:  # type: ignore[attr-defined]
+        registry = CollectorRegistry()
+        engine = server.engine
+        bounded = Shadow(
+            engine.shadow.pipeline,
+            ShadowMetrics(registry),
+            fraction=1.0,
+            max_queued=8,
+            max_class_series=10,
+        )
+        try:
+            batch = engine.score(_examples(engine, 16))  # 16 samples exceed the bound of 8
+            for _ in range(3):
+                bounded.offer(batch)
+            assert bounded.wait_idle(60)
+        finally:
+            bounded.close()
+    assert registry.get_sample_value("labelwatch_shadow_dropped_total") == 48
+    assert (
+        registry.get_sample_value(
+            "labelwatch_shadow_examples_total", {"live_version": "1", "shadow_version": "2"}
+        )
+        is None
+    )
+
+
+def _examples(engine: Engine, n: int) -> list[LabeledExample]:
+    rng = np.random.default_rng(0)
+    k = engine.spec.n_classes
+    return [
+        LabeledExample(
+            id=f"e{i}",
+            labels=np.eye(k, dtype=np.bool_)[i % k],
+            features=rng.normal(size=4).astype(np.float32),
+        )
+        for i in range(n)
+    ]

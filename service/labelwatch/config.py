@@ -52,11 +52,7 @@ class Settings:
     )
     model_repository: Path | None = field(
         default=None,
-        metadata={
-            "help": "versioned models, instead of --model/--thresholds: serves DIR/current or the "
-            "highest DIR/<version>/ (model.onnx, thresholds.json); SIGHUP, Admin.ReloadModel or "
-            "--watch-repository swap in a new version live (README: Model lifecycle)."
-        },
+        metadata={"help": "serve DIR/<version>/ instead of --model, reloadable (README)."},
     )
     watch_repository: bool = field(default=False, metadata={"help": "reload when DIR changes."})
     repository_poll_seconds: float = field(default=5.0, metadata={"help": "seconds per poll."})
@@ -65,9 +61,6 @@ class Settings:
         metadata={"help": "a DIR version that scores a sample too, only to compare (not served)."},
     )
     shadow_fraction: float = field(default=0.1, metadata={"help": "share of examples shadowed."})
-    shadow_queue_examples: int = field(
-        default=4096, metadata={"help": "most examples queued for the shadow; past it, dropped."}
-    )
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind."})
     port: int = field(
         default=50051,

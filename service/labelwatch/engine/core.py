@@ -44,7 +44,7 @@ from labelwatch.engine.loading import (
     with_default_model,
 )
 from labelwatch.engine.models import ModelHolder, ModelLifecycle, ReloadOutcome, check_compatible
-from labelwatch.engine.shadow import Shadow
+from labelwatch.engine.shadow import SHADOW_QUEUE_EXAMPLES, Shadow
 from labelwatch.errors import ReloadRefused, StartupError
 from labelwatch.metrics import AnnotatorCollector, Metrics, VerdictMetrics
 from labelwatch.metrics.models import ModelMetrics, ShadowMetrics
@@ -170,7 +170,7 @@ class Engine:
             pipeline,
             ShadowMetrics(self.registry),
             fraction=self.settings.shadow_fraction,
-            max_queued=self.settings.shadow_queue_examples,
+            max_queued=SHADOW_QUEUE_EXAMPLES,
             max_class_series=self.metrics.max_class_series,
         )
 

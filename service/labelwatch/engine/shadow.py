@@ -29,6 +29,9 @@ from labelwatch.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
+SHADOW_QUEUE_EXAMPLES = 4096
+"""Most examples waiting for the shadow model; past it, samples are dropped and counted."""
+
 MAX_SHADOW_BATCH = 256
 """Most examples in one shadow model call (queued samples are merged up to it)."""
 
