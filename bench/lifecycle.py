@@ -17,6 +17,7 @@ thread's wall time per shadowed example (``labelwatch_shadow_seconds`` sum / exa
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import itertools
 import json
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -115,21 +117,34 @@ def _settings(root: Path, data_dir: Path, **extra: Any) -> Settings:
     return Settings(model_repository=root, port=0, metrics_port=None, data_dir=data_dir, **extra)
 
 
+def _rss_mib() -> float:
+    """Resident memory of this process, MiB (Linux /proc)."""
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def bench_reload(
     root: Path, tmp: Path, examples: list[LabeledExample], args: Any
 ) -> dict[str, Any]:
     with Engine(_settings(root, tmp / "reload")) as engine:
         engine.start()
         times: list[float] = []
+        replaced: list[weakref.ref[Any]] = []
         with Load(engine, examples, args.callers) as load:
             time.sleep(args.seconds / 4)  # let the load settle before the first reload
+            rss_before = _rss_mib()
             for r in range(args.reloads):
                 (root / "current").write_text("2" if r % 2 == 0 else "1")
+                replaced.append(weakref.ref(engine.pipeline))
                 started = time.perf_counter()
                 outcome = engine.reload("rpc")
                 times.append(time.perf_counter() - started)
                 assert outcome.outcome == "swapped", outcome
                 time.sleep(args.seconds / args.reloads)
+        gc.collect()
+        rss_after = _rss_mib()
+        alive = sum(ref() is not None for ref in replaced)
         switches = [sum(1 for a, b in itertools.pairwise(v) if a != b) for v in load.versions]
     (root / "current").write_text("1")
     return {
@@ -138,6 +153,9 @@ def bench_reload(
         "failed_calls": load.failed,
         "scored": load.scored,
         "switches_per_caller": switches,
+        "rss_mib_before_reloads": rss_before,
+        "rss_mib_after_reloads": rss_after,
+        "replaced_pipelines_alive": alive,
     }
 
 
@@ -209,6 +227,11 @@ def main() -> int:
     print(f"  median {median_ms:.0f} ms over {len(reload['reload_seconds'])} reloads")
     print(f"  failed calls {reload['failed_calls']}")
     print(f"  version switches per caller {reload['switches_per_caller']}")
+    before, after = reload["rss_mib_before_reloads"], reload["rss_mib_after_reloads"]
+    print(f"  resident memory before the reloads {before:.0f} MiB, after {after:.0f} MiB")
+    print(
+        f"  replaced pipelines still alive after the reloads: {reload['replaced_pipelines_alive']}"
+    )
     header = ("shadow fraction", "examples/s", "process CPU µs/example", "shadow µs/example")
     print("| " + " | ".join((*header, "dropped")) + " |")
     print("|---|---|---|---|---|")
