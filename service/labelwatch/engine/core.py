@@ -97,7 +97,7 @@ class Engine:
                 self.lifecycle = ModelLifecycle(
                     self.models,
                     self.repository,
-                    lambda version: self._load_version(version, outbox=self.outbox),
+                    self._load_candidate,
                     self.model_metrics,
                     on_swap=self._swapped,
                     watch_seconds=(
@@ -141,6 +141,12 @@ class Engine:
             model_version=version.name,
         )
         return load_pipeline(settings, metrics or self.metrics, outbox=outbox)
+
+    def _load_candidate(self, version: ModelVersion) -> Pipeline:
+        """A reload candidate: records flags in the outbox, gated like the serving pipeline."""
+        pipeline = self._load_version(version, outbox=self.outbox)
+        pipeline.cutoffs = self.pipeline.cutoffs  # --adapt-to-verdicts keeps its cut-offs
+        return pipeline
 
     def _start_shadow(self) -> Shadow | None:
         name = self.settings.shadow_version

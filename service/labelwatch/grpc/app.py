@@ -7,7 +7,6 @@ started, so the server binds its port last, once every other start-up step worke
 
 from __future__ import annotations
 
-import functools
 import threading
 from concurrent import futures
 
