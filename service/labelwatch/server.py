@@ -212,7 +212,10 @@ def serve_forever(
         print(listening_line(settings, running), flush=True)
     else:
         on_ready(running)
-    stop_requested.wait()
+    # wake now and then: a signal the kernel hands to another thread runs its Python handler
+    # only once the main thread runs (a SIGHUP reload would otherwise wait for the next signal)
+    while not stop_requested.wait(1.0):
+        pass
     log.info(
         "event=shutdown_requested signal=%s grace_seconds=%s",
         signal.Signals(received[0]).name,
