@@ -144,6 +144,8 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
         input_shape=info.input_shape,
         class_names=info.class_names,
         server_version=info.server_version,
+        loaded_at=info.loaded_at,
+        shadow_version=info.shadow_version,
         calibration=pb.CalibrationSummary(
             schema_version=cal.schema_version,
             calibration_size=cal.calibration_size,
@@ -181,6 +183,8 @@ def model_info_from_proto(msg: pb.ModelInfo) -> ModelInfo:
         input_shape=tuple(msg.input_shape),
         class_names=tuple(msg.class_names),
         server_version=msg.server_version,
+        loaded_at=msg.loaded_at,
+        shadow_version=msg.shadow_version,
         calibration=CalibrationSummary(
             schema_version=cal.schema_version,
             calibration_size=cal.calibration_size,

@@ -259,6 +259,8 @@ class ModelInfo:
     class_names: tuple[str, ...]
     calibration: CalibrationSummary
     server_version: str
+    loaded_at: str = ""  # when this version started serving, ISO-8601 UTC
+    shadow_version: str = ""  # the server's --shadow-version, "" without one
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict with the proto's field names; enums as their names."""
@@ -292,6 +294,8 @@ class ModelInfo:
                 ],
             },
             "server_version": self.server_version,
+            "loaded_at": self.loaded_at,
+            "shadow_version": self.shadow_version,
         }
 
 

@@ -13,6 +13,10 @@ batch computed since its last commit in one transaction (group commit) and only
 then releases the batches' callers. The model call of the next batch overlaps
 with the previous batch's commit (SQLite and onnxruntime both release the GIL),
 and a result is still never returned before its flags are stored.
+
+The pipeline comes from a :class:`PipelineSource` read once per merged batch: a
+model reload (:mod:`labelwatch.engine.models`) takes effect between two batches,
+and a batch already taken finishes on the pipeline it started with.
 """
 
 from __future__ import annotations
@@ -21,14 +25,29 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from labelwatch.domain import LabeledExample, ScoredBatch
 from labelwatch.errors import DeadlineExpired, ServerStopping
 from labelwatch.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+
+
+class PipelineSource(Protocol):
+    """Where the batcher gets the pipeline of the next batch (the engine's model holder)."""
+
+    @property
+    def current(self) -> Pipeline: ...
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    """A source that always gives the same pipeline."""
+
+    current: Pipeline
 
 
 @dataclass
@@ -43,8 +62,18 @@ class _Job:
 class Batcher:
     """Merges concurrent :meth:`score` calls into batches of at most ``max_batch`` examples."""
 
-    def __init__(self, pipeline: Pipeline, *, max_batch: int, window_seconds: float) -> None:
-        self._pipeline = pipeline
+    def __init__(
+        self,
+        pipeline: Pipeline | PipelineSource,
+        *,
+        max_batch: int,
+        window_seconds: float,
+        on_batch: Callable[[ScoredBatch], None] | None = None,
+    ) -> None:
+        self._source: PipelineSource = (
+            _Fixed(pipeline) if isinstance(pipeline, Pipeline) else pipeline
+        )
+        self._on_batch = on_batch
         self._max_batch = max_batch
         self._window = window_seconds
         self._jobs: deque[_Job] = deque()
@@ -56,7 +85,7 @@ class Batcher:
         self._record_cv = threading.Condition()
         self._worker_done = False  # set under _record_cv when the worker has no more batches
         self._recorder: threading.Thread | None = None
-        if pipeline.outbox is not None:
+        if self._source.current.outbox is not None:
             self._recorder = threading.Thread(
                 target=self._record_loop, name="recorder", daemon=True
             )
@@ -79,7 +108,7 @@ class Batcher:
         Raises what the pipeline raised for this job's examples.
         """
         if not examples:
-            return self._pipeline.score(examples)
+            return self._source.current.score(examples)
         job = _Job(examples, deadline)
         with self._cv:
             if self._closed:
@@ -157,8 +186,9 @@ class Batcher:
 
     def _process(self, jobs: list[_Job]) -> None:
         merged = [ex for job in jobs for ex in job.examples]
+        pipeline = self._source.current  # once per batch: a reload swaps between batches
         try:
-            batch = self._pipeline.compute(merged)
+            batch = pipeline.compute(merged)
         except BaseException as exc:  # handed to the callers' threads, never lost
             if len(jobs) == 1:
                 self._finish(jobs[0], error=exc)
@@ -167,12 +197,14 @@ class Batcher:
             # isolate: one request's failure must not fail its neighbours
             for job in jobs:
                 try:
-                    alone = self._pipeline.compute(job.examples)
+                    alone = pipeline.compute(job.examples)
                 except BaseException as job_exc:
                     self._finish(job, error=job_exc)
                 else:
+                    self._observe(alone)
                     self._record([job], [alone], alone)
             return
+        self._observe(batch)
         slices: list[ScoredBatch] = []
         start = 0
         for job in jobs:
@@ -180,6 +212,15 @@ class Batcher:
             slices.append(batch.slice(start, stop))
             start = stop
         self._record(jobs, slices, batch)
+
+    def _observe(self, batch: ScoredBatch) -> None:
+        """Hand a computed batch to ``on_batch`` (the shadow sampler); never fails a caller."""
+        if self._on_batch is None:
+            return
+        try:
+            self._on_batch(batch)
+        except Exception:
+            log.exception("event=on_batch_failed")
 
     def _record(self, jobs: list[_Job], slices: list[ScoredBatch], batch: ScoredBatch) -> None:
         """Record ``batch`` and release its jobs: inline, or through the recorder thread."""
@@ -204,7 +245,7 @@ class Batcher:
     def _commit(self, pending: list[tuple[list[_Job], list[ScoredBatch], ScoredBatch]]) -> None:
         """One outbox transaction for every pending batch, then each job gets its slice."""
         try:
-            self._pipeline.record([batch for _, _, batch in pending])
+            self._source.current.record([batch for _, _, batch in pending])
         except BaseException as exc:
             for jobs, _, _ in pending:
                 for job in jobs:

@@ -23,6 +23,7 @@ _SERVER_COMMANDS: dict[str, str] = {
     "flags": "labelwatch.commands.flags_admin",
     "annotators": "labelwatch.commands.annotators",
     "consume": "labelwatch.commands.consume",
+    "models": "labelwatch.commands.models",
     "label-studio": "labelwatch.labelstudio.command",
 }
 _CLIENT_COMMANDS: dict[str, str] = {

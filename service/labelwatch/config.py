@@ -50,6 +50,17 @@ class Settings:
         default=None,
         metadata={"help": "version stamped on results (default: <model name>-<sha256[:12]>)."},
     )
+    model_repository: Path | None = field(
+        default=None,
+        metadata={"help": "serve DIR/<version>/ instead of --model, reloadable (README)."},
+    )
+    watch_repository: bool = field(default=False, metadata={"help": "reload when DIR changes."})
+    repository_poll_seconds: float = field(default=5.0, metadata={"help": "seconds per poll."})
+    shadow_version: str | None = field(
+        default=None,
+        metadata={"help": "a DIR version that scores a sample too, only to compare (not served)."},
+    )
+    shadow_fraction: float = field(default=0.1, metadata={"help": "share of examples shadowed."})
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind."})
     port: int = field(
         default=50051,

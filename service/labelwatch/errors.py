@@ -133,6 +133,12 @@ class ModelFailure(PublicError):
     code = ErrorCode.INTERNAL
 
 
+class ReloadRefused(PublicError):
+    """A model reload was refused (no repository, or the candidate failed a check)."""
+
+    code = ErrorCode.FAILED_PRECONDITION
+
+
 class StartupError(Exception):
     """The server cannot start as configured; the message says what to change."""
 

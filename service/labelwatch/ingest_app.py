@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -37,11 +38,11 @@ def consume_forever(
         )
         engine.start()
         ready = f"{READY_LINE} metrics_port={shown(metrics_port)}"
-        asyncio.run(_main(consumer, ready))
+        asyncio.run(_main(consumer, ready, engine.request_reload))
     return 0
 
 
-async def _main(consumer: StreamConsumer, ready: str) -> None:
+async def _main(consumer: StreamConsumer, ready: str, reload: Callable[[], None]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -51,4 +52,5 @@ async def _main(consumer: StreamConsumer, ready: str) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, reload)  # --model-repository: reload the model
     await consumer.run(stop, on_ready=lambda: print(ready, flush=True))

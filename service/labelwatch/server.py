@@ -183,7 +183,15 @@ def serve_forever(
     # handlers first: a signal that arrives right after "listening" must drain, not kill
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    engines: list[Engine] = []
+
+    def _on_hangup(_signum: int, _frame: FrameType | None) -> None:
+        for engine in engines:  # none yet while starting: the version on disk then serves
+            engine.request_reload()
+
+    signal.signal(signal.SIGHUP, _on_hangup)
     running = start(settings, reuse_port=reuse_port)
+    engines.append(running.engine)
     model = running.pipeline.model
     log.info(
         "event=started address=%s:%d metrics_port=%s model=%s model_sha256=%s artifact=%s "
@@ -191,9 +199,9 @@ def serve_forever(
         settings.host,
         running.port,
         shown(running.metrics_port),
-        settings.model or "none",
+        model.path if model else "none",
         model.sha256 if model else "none",
-        settings.thresholds,
+        settings.thresholds or settings.model_repository,
         running.pipeline.spec.n_classes,
         running.pipeline.spec.input_kind.value,
         running.pipeline.filter_by.value,
@@ -204,7 +212,10 @@ def serve_forever(
         print(listening_line(settings, running), flush=True)
     else:
         on_ready(running)
-    stop_requested.wait()
+    # wake now and then: a signal the kernel hands to another thread runs its Python handler
+    # only once the main thread runs (a SIGHUP reload would otherwise wait for the next signal)
+    while not stop_requested.wait(1.0):
+        pass
     log.info(
         "event=shutdown_requested signal=%s grace_seconds=%s",
         signal.Signals(received[0]).name,

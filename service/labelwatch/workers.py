@@ -47,6 +47,8 @@ def _worker_main(
     logging.getLogger().handlers[0].addFilter(_WorkerTag(index))
 
     def _ready(running: RunningServer) -> None:
+        # Admin.ReloadModel reaches one worker: the parent passes it on to all (SIGHUP)
+        running.engine.after_rpc_reload = lambda: os.kill(os.getppid(), signal.SIGHUP)
         metrics_ports[index] = -1 if running.metrics_port is None else running.metrics_port
         ready.set()
 
@@ -102,6 +104,7 @@ def run_workers(settings: Settings, *, ready_timeout: float = 300.0) -> int:
 
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
+    signal.signal(signal.SIGHUP, _forward)  # every worker reloads its model
     try:
         for proc, ready in zip(processes, events, strict=True):
             while not ready.wait(0.1):

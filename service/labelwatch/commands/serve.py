@@ -17,7 +17,10 @@ plus grpc.health.v1 and server reflection).
 
 Give the ONNX model with --model and its calibration artifact (from
 `labelwatch calibrate`) with --thresholds. With --thresholds alone the server
-scores probabilities that clients computed with their own model.
+scores probabilities that clients computed with their own model. Or serve
+versions from a model repository (--model-repository DIR, with DIR/<version>/
+model.onnx + thresholds.json) and swap in new ones live: SIGHUP,
+Admin.ReloadModel or --watch-repository.
 Every flag can also be set as an environment variable LABELWATCH_<FLAG>
 (e.g. LABELWATCH_PORT=50052); a flag on the command line wins.
 """

@@ -21,9 +21,11 @@ start-up that fails after the engine was built leaves nothing running.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
 from types import TracebackType
 
 from prometheus_client import CollectorRegistry
@@ -41,10 +43,14 @@ from labelwatch.engine.loading import (
     load_pipeline,
     with_default_model,
 )
-from labelwatch.errors import StartupError
+from labelwatch.engine.models import ModelHolder, ModelLifecycle, ReloadOutcome, check_compatible
+from labelwatch.engine.shadow import SHADOW_QUEUE_EXAMPLES, Shadow
+from labelwatch.errors import ReloadRefused, StartupError
 from labelwatch.metrics import AnnotatorCollector, Metrics, VerdictMetrics
+from labelwatch.metrics.models import ModelMetrics, ShadowMetrics
 from labelwatch.outbox import Outbox
 from labelwatch.pipeline import Pipeline
+from labelwatch.repository import ModelRepository, ModelVersion, RepositoryError
 from labelwatch.security.limits import ExampleLimits
 from labelwatch.verdicts import VerdictBook
 from labelwatch.watch import FlagFeed
@@ -73,28 +79,113 @@ class Engine:
         self.environ = os.environ if environ is None else environ
         self.metrics_endpoint: MetricsEndpoint | None = None
         self._closed = False
+        self.after_rpc_reload: Callable[[], object] | None = None  # set by --workers
+        self._swap_listeners: list[Callable[[Pipeline], None]] = []
         with contextlib.ExitStack() as stack:
             self.metrics = Metrics(self.registry)
+            self.model_metrics = ModelMetrics(self.registry)
             self.delivery = Delivery(self.settings, registry=self.registry, environ=self.environ)
             stack.callback(self.delivery.stop)
-            self.pipeline: Pipeline = load_pipeline(
-                self.settings, self.metrics, outbox=self.delivery.outbox
-            )
+            self.repository = _repository(self.settings)
+            self.models = ModelHolder(self._load_initial())
             self.decoder = ExampleDecoder(self.pipeline.spec, _limits(self.settings))
             self.adapter = adapter_from(self.settings, self.pipeline, self.delivery.outbox)
             if self.adapter is not None:
                 stack.callback(self.adapter.stop)
+            self.lifecycle: ModelLifecycle | None = None
+            if self.repository is not None:
+                self.lifecycle = ModelLifecycle(
+                    self.models,
+                    self.repository,
+                    self._load_candidate,
+                    self.model_metrics,
+                    on_swap=self._swapped,
+                    watch_seconds=(
+                        self.settings.repository_poll_seconds
+                        if self.settings.watch_repository
+                        else None
+                    ),
+                )
+                stack.callback(self.lifecycle.close)
+            self.shadow = self._start_shadow()
+            if self.shadow is not None:
+                stack.callback(self.shadow.close)
             self.batcher = Batcher(
-                self.pipeline,
+                self.models,
                 max_batch=self.settings.max_batch,
                 window_seconds=self.settings.batch_window_ms / 1000.0,
+                on_batch=self.shadow.offer if self.shadow is not None else None,
             )
             stack.callback(self.batcher.close)
             self.verdicts = self._verdict_book()
-            self._describe_in_metrics()
+            self._describe_in_metrics(self.pipeline)
             self._resources = stack.pop_all()
 
+    def _load_initial(self) -> Pipeline:
+        if self.repository is None:
+            return load_pipeline(self.settings, self.metrics, outbox=self.delivery.outbox)
+        try:
+            version = self.repository.resolve()
+        except RepositoryError as exc:
+            raise StartupError(str(exc)) from exc
+        return self._load_version(version, outbox=self.delivery.outbox)
+
+    def _load_version(
+        self, version: ModelVersion, *, outbox: Outbox | None, metrics: Metrics | None = None
+    ) -> Pipeline:
+        """The pipeline of one repository version (named by its folder)."""
+        settings = dataclasses.replace(
+            self.settings,
+            model=version.model,
+            thresholds=version.thresholds,
+            model_version=version.name,
+        )
+        return load_pipeline(settings, metrics or self.metrics, outbox=outbox)
+
+    def _load_candidate(self, version: ModelVersion) -> Pipeline:
+        """A reload candidate: records flags in the outbox, gated like the serving pipeline."""
+        pipeline = self._load_version(version, outbox=self.outbox)
+        pipeline.cutoffs = self.pipeline.cutoffs  # --adapt-to-verdicts keeps its cut-offs
+        return pipeline
+
+    def _start_shadow(self) -> Shadow | None:
+        name = self.settings.shadow_version
+        if name is None:
+            return None
+        if self.repository is None:
+            raise StartupError("--shadow-version needs --model-repository (the version's folder)")
+        if not 0.0 <= self.settings.shadow_fraction <= 1.0:
+            raise StartupError(
+                f"--shadow-fraction must be in [0, 1], got {self.settings.shadow_fraction}"
+            )
+        try:
+            version = self.repository.resolve(name)
+        except RepositoryError as exc:
+            raise StartupError(f"--shadow-version: {exc}") from exc
+        # its timings must not mix into the live histograms: a registry of its own
+        private = Metrics(CollectorRegistry(), process_metrics=False)
+        pipeline = self._load_version(version, outbox=None, metrics=private)
+        check_compatible(pipeline, self.pipeline)
+        log.info(
+            "event=shadow_started version=%s live_version=%s fraction=%s",
+            name,
+            self.pipeline.model_version,
+            self.settings.shadow_fraction,
+        )
+        return Shadow(
+            pipeline,
+            ShadowMetrics(self.registry),
+            fraction=self.settings.shadow_fraction,
+            max_queued=SHADOW_QUEUE_EXAMPLES,
+            max_class_series=self.metrics.max_class_series,
+        )
+
     # -- what transports use ---------------------------------------------------------------
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The serving pipeline (model + artifact + version); reloads replace it."""
+        return self.models.current
 
     @property
     def spec(self) -> ModelSpec:
@@ -136,8 +227,52 @@ class Engine:
         return self.metrics_endpoint.port if self.metrics_endpoint is not None else None
 
     def start(self) -> None:
-        """Build the configured sinks and start delivery; :class:`StartupError` if misconfigured."""
+        """Build the configured sinks and start delivery; :class:`StartupError` if misconfigured.
+
+        Then start the model lifecycle (reload requests and the repository watch).
+        """
         self.delivery.start(self.spec.class_names)
+        if self.lifecycle is not None:
+            self.lifecycle.start()
+
+    # -- the model lifecycle ---------------------------------------------------------------
+
+    @property
+    def loaded_at(self) -> str:
+        """When the serving version started serving, ISO-8601 UTC (``...Z``)."""
+        moment = datetime.fromtimestamp(self.models.loaded_at, tz=timezone.utc)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def reload(self, trigger: str) -> ReloadOutcome:
+        """Reload from the model repository now and return the outcome (see engine.models).
+
+        Raises :class:`ReloadRefused` when the engine has no repository.
+        """
+        if self.lifecycle is None:
+            raise ReloadRefused(
+                "this server was started without --model-repository: there is nothing to "
+                "reload from (restart it with --model-repository DIR)"
+            )
+        try:
+            return self.lifecycle.reload(trigger)
+        finally:
+            if self.after_rpc_reload is not None and trigger == "rpc":
+                self.after_rpc_reload()
+
+    def request_reload(self) -> None:
+        """Reload in the background (SIGHUP); safe inside a signal handler."""
+        if self.lifecycle is not None:
+            self.lifecycle.request_reload()
+
+    def add_swap_listener(self, listener: Callable[[Pipeline], None]) -> None:
+        """Call ``listener(new_pipeline)`` after every swap (e.g. Label Studio's /predict)."""
+        self._swap_listeners.append(listener)
+
+    def _swapped(self, old: Pipeline, new: Pipeline) -> None:
+        self.metrics.model_info.clear()
+        self._describe_in_metrics(new)
+        for listener in self._swap_listeners:
+            listener(new)
 
     def close(self) -> None:
         """Finish queued scoring, stop delivery, close the outbox, then ``/metrics``.
@@ -177,8 +312,7 @@ class Engine:
         )
         return verdicts
 
-    def _describe_in_metrics(self) -> None:
-        pipeline = self.pipeline
+    def _describe_in_metrics(self, pipeline: Pipeline) -> None:
         model = pipeline.model
         self.metrics.build_info.labels(__version__).set(1)
         self.metrics.model_info.labels(
@@ -187,6 +321,27 @@ class Engine:
             model.sha256 if model else "",
         ).set(1)
         self.metrics.set_calibration(pipeline.artifact.class_names, calibration_rates(pipeline))
+
+
+def _repository(settings: Settings) -> ModelRepository | None:
+    """The model repository ``settings`` name; StartupError when combined with --model."""
+    if settings.model_repository is None:
+        return None
+    given = [
+        flag
+        for flag, value in (
+            ("--model", settings.model),
+            ("--thresholds", settings.thresholds),
+            ("--model-version", settings.model_version),
+        )
+        if value is not None
+    ]
+    if given:
+        raise StartupError(
+            f"--model-repository names the model, its artifact and its version; drop "
+            f"{', '.join(given)}"
+        )
+    return ModelRepository(settings.model_repository)
 
 
 def _limits(settings: Settings) -> ExampleLimits:

@@ -29,6 +29,8 @@ def with_default_model(settings: Settings) -> Settings:
     """Fill in the embedded default model and artifact when neither flag was given."""
     if settings.model is not None or settings.thresholds is not None:
         return settings
+    if settings.model_repository is not None:
+        return settings
     if not default_model.available():
         return settings
     return dataclasses.replace(

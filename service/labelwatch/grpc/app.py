@@ -7,7 +7,6 @@ started, so the server binds its port last, once every other start-up step worke
 
 from __future__ import annotations
 
-import functools
 import threading
 from concurrent import futures
 
@@ -18,13 +17,14 @@ from grpc_reflection.v1alpha import reflection
 from labelwatch.config import Settings
 from labelwatch.engine import Engine
 from labelwatch.errors import StartupError
+from labelwatch.grpc.admin import ADMIN_SERVICE_NAME, AdminServicer
 from labelwatch.grpc.flag_feed import FLAG_FEED_SERVICE_NAME, FlagFeedServicer
 from labelwatch.grpc.interceptor import MetricsInterceptor
-from labelwatch.grpc.model_info import model_info, with_cutoffs
+from labelwatch.grpc.model_info import model_info, shadow_version, with_cutoffs
 from labelwatch.grpc.servicer import LabelQualityServicer
 from labelwatch.portcheck import bind_problem
 from labelwatch.security.layer import SecurityLayer
-from labelwatch_proto.labelwatch.v1 import flags_pb2_grpc
+from labelwatch_proto.labelwatch.v1 import admin_pb2_grpc, flags_pb2_grpc
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
 
@@ -67,7 +67,10 @@ class GrpcApp:
         servicer = LabelQualityServicer(
             engine.decoder,
             engine.score,
-            functools.partial(with_cutoffs, model_info(engine.pipeline), engine.adapter),
+            lambda: with_cutoffs(
+                model_info(engine.pipeline, engine.loaded_at, shadow_version(engine)),
+                engine.adapter,
+            ),
             max_batch=settings.max_batch,
             admission=security.admission,
         )
@@ -75,10 +78,19 @@ class GrpcApp:
         flags_pb2_grpc.add_FlagFeedServicer_to_server(
             FlagFeedServicer(engine.feed, engine.verdicts), self.server
         )
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(lambda: engine.reload("rpc")), self.server
+        )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, FLAG_FEED_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                FLAG_FEED_SERVICE_NAME,
+                ADMIN_SERVICE_NAME,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
             self.server,
         )
         self.port = 0

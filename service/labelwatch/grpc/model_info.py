@@ -6,6 +6,7 @@ from labelwatch import __version__
 from labelwatch.adaptation import Adapter
 from labelwatch.calibration import CalibrationArtifact
 from labelwatch.domain import InputKind
+from labelwatch.engine import Engine
 from labelwatch.pipeline import Pipeline
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 
@@ -16,8 +17,16 @@ _INPUT_KIND = {
 }
 
 
-def model_info(pipeline: Pipeline) -> pb.ModelInfo:
-    """Describe the loaded model and its calibration for GetModelInfo."""
+def shadow_version(engine: Engine) -> str:
+    """The shadow model's version, "" without one."""
+    return engine.shadow.version if engine.shadow is not None else ""
+
+
+def model_info(pipeline: Pipeline, loaded_at: str = "", shadow: str = "") -> pb.ModelInfo:
+    """Describe the serving model and its calibration for GetModelInfo.
+
+    ``loaded_at``: when it started serving (ISO-8601 UTC); ``shadow``: the shadow version.
+    """
     artifact: CalibrationArtifact = pipeline.artifact
     fit = artifact.fit
     model = pipeline.model
@@ -30,6 +39,8 @@ def model_info(pipeline: Pipeline) -> pb.ModelInfo:
         input_shape=list(model.input_shape) if model else [-1, artifact.n_classes],
         class_names=list(artifact.class_names),
         server_version=__version__,
+        loaded_at=loaded_at,
+        shadow_version=shadow,
         calibration=pb.CalibrationSummary(
             schema_version=artifact.schema_version,
             calibration_size=fit.n_examples,

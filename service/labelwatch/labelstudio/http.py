@@ -354,6 +354,7 @@ def from_settings(
         fit=pipeline.artifact.fit,
         filter_by=pipeline.filter_by,
     )
+    engine.add_swap_listener(backend.serve)  # /predict follows model reloads
     try:
         return LabelStudioHttp(
             settings.host,

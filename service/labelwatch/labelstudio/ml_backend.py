@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from labelwatch.domain import InputKind
 from labelwatch.labelstudio.webhook import Mappings, PayloadError
 from labelwatch.model import OnnxModel
+from labelwatch.pipeline import Pipeline
 from labelwatch.scoring import CalibrationFit, FilterBy, decide
 
 _CHOICES = re.compile(r"<Choices\b([^>]*)>(.*?)</Choices>", re.DOTALL)
@@ -65,6 +66,13 @@ class MlBackend:
         self._mappings = mappings
         self._fit = fit
         self._filter_by = filter_by
+
+    def serve(self, pipeline: Pipeline) -> None:
+        """Pre-annotate with ``pipeline``'s model, calibration and version from now on."""
+        self._model = pipeline.model
+        self.model_version = pipeline.model_version
+        self._fit = pipeline.artifact.fit
+        self._filter_by = pipeline.filter_by
 
     def suggest(
         self, probs: NDArray[np.float64], allowed: NDArray[np.bool_]
