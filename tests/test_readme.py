@@ -216,7 +216,7 @@ def test_every_readme_block_that_is_not_run_says_why() -> None:
         if block.marker == "skip":
             assert block.reason and len(block.reason) > 20, f"README line {block.line}: no reason"
     skipped = [b for b in blocks if b.marker == "skip"]
-    assert len(skipped) <= 3, [b.line for b in skipped]
+    assert len(skipped) <= 4, [b.line for b in skipped]
     # no job control: it works only in an interactive shell
     for block in blocks:
         assert not re.search(r"%\d", block.code), f"README line {block.line}: uses kill %N"
