@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -458,6 +457,14 @@ class ChildServer:
         return self.stderr_path.read_text(errors="replace")
 
 
+_FSIZE_SHIM = (
+    "import os, resource, sys; limit = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+"""Sets RLIMIT_FSIZE to argv[1] bytes, then execs argv[2:] (keeps the limit)."""
+
+
 @contextlib.contextmanager
 def delivery_server(
     args: Sequence[str],
@@ -475,9 +482,12 @@ def delivery_server(
     cmd = [sys.executable, "-m", "labelwatch.cli", "serve", "--port", "0", "--metrics-port", "off"]
     cmd += list(args)
 
-    def limits() -> None:
-        if file_size_limit is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+    if file_size_limit is not None:
+        # Not ``preexec_fn``: that forks this (gRPC-running) process with its atfork
+        # handlers, which restart gRPC's poller in the child just before subprocess
+        # closes every inherited descriptor, and the child aborts with "epoll_wait
+        # error: Bad file descriptor" before it ever execs. A tiny exec shim is safe.
+        cmd = [sys.executable, "-c", _FSIZE_SHIM, str(file_size_limit), *cmd]
 
     stderr_path = log_dir / f"server-{time.monotonic_ns()}.log"
     with stderr_path.open("w") as stderr:
@@ -487,7 +497,6 @@ def delivery_server(
             stderr=stderr,
             text=True,
             env={**_env(), **(env or {})},
-            preexec_fn=limits,
         )
     try:
         assert proc.stdout is not None
