@@ -17,7 +17,7 @@ import pytest
 
 from labelwatch.cli import main
 from labelwatch.flag_record import dedupe_key
-from labelwatch.outbox import Outbox
+from labelwatch.outbox import Outbox, VerdictRow
 from labelwatch.scoring.adapt import AdaptPolicy, ClassEvidence, next_cutoff
 from labelwatch_proto.labelwatch.v1 import flags_pb2 as fpb
 from labelwatch_proto.labelwatch.v1 import flags_pb2_grpc as fpb_grpc
@@ -188,3 +188,25 @@ def test_calibrate_with_verdicts_corrects_the_confirmed_tags(
         )
     assert code == 0, capsys.readouterr().err
     assert "verdicts: 3 tags of DATA corrected" in out.getvalue()
+
+
+def test_a_step_right_after_another_workers_version_is_skipped(tmp_path: Path) -> None:
+    from labelwatch.adaptation import Adapter
+
+    now = [1000.0]
+    box = Outbox(tmp_path / "o.sqlite3", clock=lambda: now[0])
+    box.add_cutoffs("m", json.dumps({"cutoffs": {"cat": 0.05}, "changes": []}))
+    box.record_verdicts(
+        [
+            VerdictRow(f"f{i}", "cat", "r", "REJECTED", "", "grpc", "missing", 0.9, "")
+            for i in range(15)
+        ]
+    )
+    adapter = Adapter(box, CLASS_NAMES, "m", POLICY, interval_seconds=60.0)
+    assert adapter.as_dict() == {"cat": 0.05}
+    now[0] += 10  # another worker stored a version 10 s ago: this one waits
+    assert adapter.step() is None
+    now[0] += 60
+    moved = adapter.step()
+    assert moved is not None and adapter.as_dict() == pytest.approx({"cat": 0.1})
+    box.close()

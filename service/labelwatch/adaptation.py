@@ -11,7 +11,9 @@
   moved, stores a new version in the outbox and logs each change
   (``event=cutoff_changed``);
 * :attr:`Adapter.cutoffs` is what the pipeline gates flags with; a version
-  stored by another worker process is picked up at the next step.
+  stored by another worker process is picked up at the next step (and a step
+  right after another worker's is skipped, so the cut-offs move at most one
+  step per interval).
 
 Payload of a version: ``{"target_precision": P, "cutoffs": {class: c},
 "changes": [{"class", "from", "to", "reason", "posterior_precision",
@@ -122,8 +124,18 @@ class Adapter:
             )
 
     def step(self) -> CutoffVersion | None:
-        """One adaptation pass; the new version when a cut-off moved, else None."""
+        """One adaptation pass; the new version when a cut-off moved, else None.
+
+        Skipped while the newest version is younger than half the interval: with
+        ``--workers N`` every worker steps, and the cut-offs must still move at most
+        one step per interval.
+        """
         self._load()  # another worker may have moved them
+        if (
+            self.version is not None
+            and self._outbox.clock() - self.version.created_at < self._interval / 2
+        ):
+            return None
         current = self.as_dict()
         found = evidence(self._outbox.all_verdicts(), current)
         changes = []
