@@ -23,12 +23,26 @@ _TYPES = {
 }
 
 
+def _client_cancelled(context: grpc.ServicerContext) -> bool:
+    """Whether the call ended without its status reaching the client (cancel, deadline, drop).
+
+    grpcio records this on the call's private state (``client == "cancelled"``) before it
+    runs the termination callbacks; without that attribute, ``is_active()`` is the best
+    public answer (it can still say True for a cancel that is on its way).
+    """
+    state = getattr(context, "_state", None)
+    client = getattr(state, "client", None)
+    if isinstance(client, str):
+        return client == "cancelled"
+    return not context.is_active()
+
+
 def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
-    """The status the call ended with, as the client saw it."""
+    """The status the call ended with, as the client saw it (call from its termination)."""
     code = getattr(context, "code", lambda: None)()  # grpcio >= 1.38; absent from the stubs
     if isinstance(code, grpc.StatusCode):
         return str(code.name)
-    if not context.is_active():  # the call ended under the handler: client gone or time up
+    if _client_cancelled(context):  # the call ended under the handler: client gone or time up
         remaining = context.time_remaining()
         return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
     return "UNKNOWN" if failed else "OK"
@@ -55,9 +69,19 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         metrics = self._metrics
 
         def finish(started: float, context: grpc.ServicerContext, failed: bool) -> None:
-            code = _code_name(context, failed)
-            metrics.grpc_handled.labels(*labels, code).inc()
+            """Observe the duration now; count the status once the call has terminated.
+
+            A handler can end normally while its call is being cancelled (a stream whose
+            request iterator ran dry as the client cancelled): only at termination does
+            grpcio know which, so the count waits for the termination callback.
+            """
             metrics.grpc_handling_seconds.labels(*labels).observe(time.perf_counter() - started)
+
+            def count() -> None:
+                metrics.grpc_handled.labels(*labels, _code_name(context, failed)).inc()
+
+            if not context.add_callback(count):  # already terminated: its state is final
+                count()
 
         def unary_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
