@@ -86,6 +86,8 @@ class Metrics:
             ["class", "kind"],
             registry=registry,
         )
+        self._class_flag_series: dict[tuple[str, str], Counter] = {}
+        """The children of ``class_flags`` by (class label, kind), looked up once each."""
         self.label_quality = Histogram(
             "labelwatch_label_quality",
             "Label-quality score of scored examples (0 = surely mislabeled, 1 = clean).",
@@ -145,21 +147,48 @@ class Metrics:
         self.drift.set_calibration(tuple(class_names), flag_rates)
 
     def record_batch(self, batch: ScoredBatch, class_names: tuple[str, ...]) -> None:
-        """Count one scored batch: examples, flags per class and kind, scores, drift window."""
+        """Count one scored batch: examples, flags per class and kind, scores, drift window.
+
+        One update per family, class and bucket, whatever the batch size: the values
+        are those of one ``observe`` / ``inc`` per example.
+        """
         n = len(batch.examples)
         self.batch_size.observe(n)
         if n == 0:
             return
         self.examples_scored.labels(batch.model_version).inc(n)
-        flagged = int(batch.flags.any(axis=1).sum())
+        flagged = int(np.count_nonzero(batch.flags.any(axis=1)))
         if flagged:
             self.examples_flagged.labels(batch.model_version).inc(flagged)
         flags = SparseFlags.from_masks(batch.flags, batch.labels)
         self.drift.record(class_names, flags)
         # fold the classes past the cap first: at most max_class_series + 1 series to touch
         per_class = cap_classes(flags.per_class(), self.max_class_series)
-        for k, col in zip(*np.nonzero(per_class), strict=True):
-            label = self._class_label(int(k), class_names)
-            self.class_flags.labels(label, KINDS[col]).inc(int(per_class[k, col]))
-        for value in batch.label_quality:
-            self.label_quality.observe(float(value))
+        ks, cols = np.nonzero(per_class)
+        counts = per_class[ks, cols].tolist()
+        for k, col, count in zip(ks.tolist(), cols.tolist(), counts, strict=True):
+            key = (self._class_label(k, class_names), KINDS[col])
+            child = self._class_flag_series.get(key)
+            if child is None:
+                child = self._class_flag_series[key] = self.class_flags.labels(*key)
+            child.inc(count)
+        observe_many(self.label_quality, batch.label_quality)
+
+
+def observe_many(histogram: Histogram, values: NDArray[np.float64]) -> None:
+    """``histogram.observe(v)`` for every ``v`` of ``values`` ``(n,)``, one update per bucket.
+
+    For a histogram without labels. The bucket counts are exactly those of ``n``
+    calls (a value lands in the first bucket whose bound is >= it; NaN in none); the
+    sum grows by the values' sum. prometheus_client has no bulk observe, so this
+    updates the histogram's bucket and sum values the way ``observe`` does.
+    """
+    if not len(values):
+        return
+    bounds = np.asarray(histogram._upper_bounds, dtype=np.float64)  # +Inf last
+    which = np.searchsorted(bounds, values, side="left")  # first bound >= value
+    counts = np.bincount(which, minlength=len(bounds) + 1)[: len(bounds)]
+    buckets = histogram._buckets
+    for i in np.flatnonzero(counts).tolist():
+        buckets[i].inc(int(counts[i]))
+    histogram._sum.inc(sum(np.asarray(values, dtype=np.float64).tolist()))
