@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,8 @@ sys.path.insert(0, str(BENCH))
 import ingest  # noqa: E402
 import serve  # noqa: E402
 from servebench.clients import CellResult, CellSpec, ClientPool  # noqa: E402
-from servebench.limit import measure_limit  # noqa: E402
-from servebench.report import grid_table, summarize  # noqa: E402
+from servebench.limit import cores, measure_engine, measure_limit, measure_limits  # noqa: E402
+from servebench.report import engine_table, grid_table, limit_table, summarize  # noqa: E402
 from servebench.servers import (  # noqa: E402
     LabelwatchConfig,
     LabelwatchServer,
@@ -65,6 +66,49 @@ def test_limit_measures_model_and_scoring_in_process(tiny_float: ServedModel) ->
     row = measure_limit(tiny_float, 4, 0.2)
     assert row.model == "float" and row.batch == 4 and row.calls > 0
     assert row.examples_per_s > 0 and 0 < row.p50_ms <= row.p99_ms
+    assert row.callers == 1 and row.intra_op_threads == cores()
+
+
+def test_the_limit_is_the_best_median_over_concurrent_callers(tiny_float: ServedModel) -> None:
+    rows = measure_limits(tiny_float, 4, 0.1, max_callers=2)
+    assert [(r.callers, r.intra_op_threads) for r in rows] == [
+        (1, cores()),
+        (2, max(1, cores() // 2)),
+    ]
+    assert all(r.calls > 0 and r.examples_per_s > 0 for r in rows)
+    fake = [
+        {
+            "model": "m",
+            "batch": 64,
+            "callers": c,
+            "examples_per_s": rate,
+            "p50_ms": 1.0,
+            "p99_ms": 2.0,
+        }
+        for c, rate in ((1, 100.0), (1, 120.0), (1, 110.0), (2, 300.0), (2, 10.0), (2, 250.0))
+    ]
+    medians = serve.median_limits(fake)
+    assert [(m["callers"], m["examples_per_s"], m["best"]) for m in medians] == [
+        (1, 110.0, False),
+        (2, 250.0, True),
+    ]
+    assert serve._limit_of(medians, "m", 64) == 250.0  # the best caller count's median
+    assert "250 **limit**" in limit_table(medians)
+
+
+def test_the_engine_measurement_runs_labelwatchs_batcher_at_each_concurrency(
+    tiny_float: ServedModel, tmp_path: Path
+) -> None:
+    rows = [
+        measure_engine(tiny_float, 4, 0.2, concurrency=c, callers=3, work=tmp_path)
+        for c in ("1", "2", "auto")
+    ]
+    assert [r.concurrency for r in rows] == [1, 2, cores()]
+    assert [r.intra_op_threads for r in rows] == [cores(), max(1, cores() // 2), 1]
+    for r in rows:
+        assert r.examples_per_s > 0 and r.cpu_us_per_example > 0 and r.p50_ms <= r.p99_ms
+    table = engine_table([asdict(r) | {"requested": "1"} for r in rows]).splitlines()
+    assert len(table) == 2 + 3
 
 
 def test_labelwatch_cells_unary_and_stream_produce_rows(

@@ -163,18 +163,52 @@ def grid_table(grid: Sequence[dict[str, Any]]) -> str:
 
 
 def limit_table(limits: Sequence[dict[str, Any]]) -> str:
-    """The in-process limit per model and batch size."""
+    """The in-process limit per model, batch size and number of concurrent callers.
+
+    The row marked **limit** (the best caller count) is what served rates are divided by.
+    """
     rows = [
         [
             x["model"],
             str(x["batch"]),
-            fmt_rate(x["examples_per_s"]),
+            str(x.get("callers", 1)),
+            str(x.get("intra_op_threads", "-")) if x.get("intra_op_threads") else "-",
+            fmt_rate(x["examples_per_s"]) + (" **limit**" if x.get("best") else ""),
             fmt_ms(x["p50_ms"]),
             fmt_ms(x["p99_ms"]),
         ]
         for x in limits
     ]
-    return markdown(["model", "batch", "limit ex/s", "p50 ms", "p99 ms"], rows)
+    header = ["model", "batch", "callers", "intra-op threads each", "ex/s", "p50 ms", "p99 ms"]
+    return markdown(header, rows)
+
+
+def engine_table(engine: Sequence[dict[str, Any]]) -> str:
+    """labelwatch's engine in-process per ``--model-concurrency`` (the choice of auto)."""
+    rows = [
+        [
+            e["model"],
+            e["requested"],
+            str(e["concurrency"]),
+            str(e["intra_op_threads"]) if e["intra_op_threads"] else "-",
+            fmt_rate(e["examples_per_s"]),
+            " / ".join(fmt_rate(x) for x in e.get("examples_per_s_each", [])),
+            f"{e['cpu_us_per_example']:.0f}",
+            f"{fmt_ms(e['p50_ms'])} / {fmt_ms(e['p99_ms'])}",
+        ]
+        for e in engine
+    ]
+    header = [
+        "model",
+        "--model-concurrency",
+        "calls",
+        "intra-op threads each",
+        "ex/s (median)",
+        "each repeat",
+        "CPU µs/example",
+        "p50 / p99 ms",
+    ]
+    return markdown(header, rows)
 
 
 def memory_table(memory: Sequence[dict[str, Any]]) -> str:
@@ -234,6 +268,7 @@ def tuning_table(tuning: Sequence[dict[str, Any]]) -> str:
         rows.append(
             [
                 str(t["workers"]),
+                t.get("model_concurrency", "auto"),
                 "default (0)" if intra is None else str(intra),
                 "on" if t["spinning"] else "off",
                 t["outbox_sync"],
@@ -245,6 +280,7 @@ def tuning_table(tuning: Sequence[dict[str, Any]]) -> str:
         )
     header = [
         "workers",
+        "--model-concurrency",
         "intra-op threads",
         "spinning",
         "--outbox-sync",

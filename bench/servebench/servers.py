@@ -48,6 +48,7 @@ class LabelwatchConfig:
 
     workers: int = 1
     intra_op_threads: int | None = None
+    model_concurrency: str | None = None  # None: labelwatch's default (auto)
     spinning: bool = False  # labelwatch's default: off
     batch_window_ms: float | None = None
     outbox_sync: str | None = None
@@ -58,6 +59,8 @@ class LabelwatchConfig:
         out = [*LABELWATCH_CAPACITY_FLAGS, "--workers", str(self.workers)]
         if self.intra_op_threads is not None:
             out += ["--intra-op-threads", str(self.intra_op_threads)]
+        if self.model_concurrency is not None:
+            out += ["--model-concurrency", self.model_concurrency]
         if self.spinning:
             out.append("--ort-spinning")
         if self.batch_window_ms is not None:
@@ -71,6 +74,8 @@ class LabelwatchConfig:
         parts = [f"w{self.workers}"]
         if self.intra_op_threads is not None:
             parts.append(f"intra{self.intra_op_threads}")
+        if self.model_concurrency is not None:
+            parts.append(f"calls-{self.model_concurrency}")
         parts.append("spin" if self.spinning else "nospin")
         if self.batch_window_ms is not None:
             parts.append(f"window{self.batch_window_ms:g}ms")

@@ -1,18 +1,22 @@
-"""Dynamic batching: concurrent requests share one model call, then split back in order.
+"""Dynamic batching: concurrent requests share model calls, then split back in order.
 
 gRPC handler threads call :meth:`Batcher.score` with one request's validated
-examples and block until their slice of a merged batch is ready. One worker
-thread runs the pipeline: it takes every job queued while the previous batch
-ran (up to ``max_batch`` examples). A lone request runs at once; only when
-other requests are already waiting does the worker linger up to
-``window_seconds`` for more, so batches grow under load without adding latency
-when idle.
+examples and block until their slice of a merged batch is ready. ``concurrency``
+worker threads run the pipeline, so that many model calls can be in flight at
+once (onnxruntime releases the GIL; the engine gives each call cores / calls
+intra-op threads). A free worker takes every job queued so far (up to
+``max_batch`` examples). A lone request runs at once; only when other requests
+are already waiting does the worker linger up to ``window_seconds`` for more, so
+batches grow under load without adding latency when idle.
 
-With a flag outbox, a second thread, the recorder, stores the flags of every
+With a flag outbox, one more thread, the recorder, stores the flags of every
 batch computed since its last commit in one transaction (group commit) and only
-then releases the batches' callers. The model call of the next batch overlaps
-with the previous batch's commit (SQLite and onnxruntime both release the GIL),
-and a result is still never returned before its flags are stored.
+then releases the batches' callers. Model calls overlap with the previous
+batches' commit (SQLite and onnxruntime both release the GIL), and a result is
+still never returned before its flags are stored. Batches may finish in any
+order: each job gets its own slice, a request's examples (and so its flags) stay
+together and in order inside one batch, and what is shared between batches (the
+commit, metrics, the shadow sampler) is done by one thread at a time.
 
 The pipeline comes from a :class:`PipelineSource` read once per merged batch: a
 model reload (:mod:`labelwatch.engine.models`) takes effect between two batches,
@@ -69,7 +73,10 @@ class Batcher:
         max_batch: int,
         window_seconds: float,
         on_batch: Callable[[ScoredBatch], None] | None = None,
+        concurrency: int = 1,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self._source: PipelineSource = (
             _Fixed(pipeline) if isinstance(pipeline, Pipeline) else pipeline
         )
@@ -77,26 +84,43 @@ class Batcher:
         self._max_batch = max_batch
         self._window = window_seconds
         self._jobs: deque[_Job] = deque()
+        self._queued_examples = 0  # examples in _jobs
+        self._idle = 0  # workers waiting for a job
         self._cv = threading.Condition()
         self._closed = False
-        self._worker = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self.concurrency = concurrency
+        """Model calls in flight at most (worker threads)."""
+        self._workers = [
+            threading.Thread(target=self._run, name=f"batcher-{i}", daemon=True)
+            for i in range(concurrency)
+        ]
+        # inline commits (no recorder) and the shadow sampler: one batch at a time
+        self._commit_lock = threading.Lock()
+        self._observe_lock = threading.Lock()
         # computed batches waiting for the recorder: (jobs, their slices, the merged batch)
         self._to_record: deque[tuple[list[_Job], list[ScoredBatch], ScoredBatch]] = deque()
         self._record_cv = threading.Condition()
-        self._worker_done = False  # set under _record_cv when the worker has no more batches
+        self._workers_left = concurrency  # under _record_cv: workers that may still hand batches
         self._recorder: threading.Thread | None = None
         if self._source.current.outbox is not None:
             self._recorder = threading.Thread(
                 target=self._record_loop, name="recorder", daemon=True
             )
             self._recorder.start()
-        self._worker.start()
+        for worker in self._workers:
+            worker.start()
 
     @property
     def queued_jobs(self) -> int:
-        """Jobs waiting for the worker (for tests and metrics)."""
+        """Jobs waiting for a worker (for tests and metrics)."""
         with self._cv:
             return len(self._jobs)
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`close` was called: new calls are refused, queued ones finish."""
+        with self._cv:
+            return self._closed
 
     def score(
         self, examples: Sequence[LabeledExample], *, deadline: float | None = None
@@ -114,6 +138,7 @@ class Batcher:
             if self._closed:
                 raise ServerStopping("the server is shutting down")
             self._jobs.append(job)
+            self._queued_examples += len(examples)
             self._cv.notify()
         job.done.wait()
         if job.error is not None:
@@ -122,11 +147,12 @@ class Batcher:
         return job.result
 
     def close(self) -> None:
-        """Finish the queued jobs, then stop the worker."""
+        """Finish the queued jobs, then stop the workers and the recorder."""
         with self._cv:
             self._closed = True
-            self._cv.notify()
-        self._worker.join()
+            self._cv.notify_all()
+        for worker in self._workers:
+            worker.join()
         if self._recorder is not None:
             self._recorder.join()
 
@@ -134,8 +160,10 @@ class Batcher:
         """Block for the next group of live jobs (None once closed and drained)."""
         with self._cv:
             while True:
+                self._idle += 1
                 while not self._jobs and not self._closed:
                     self._cv.wait()
+                self._idle -= 1
                 if not self._jobs:
                     return None
                 first = self._pop_live()
@@ -143,27 +171,42 @@ class Batcher:
                     break
             taken = [first]
             size = len(first.examples)
+            # idle workers get their share of the queue: two calls in flight beat one big one
+            limit = self._max_batch
+            if self._idle:
+                share = -(-(size + self._queued_examples) // (self._idle + 1))
+                limit = min(limit, max(share, size))
             lingered = False
-            while size < self._max_batch:
+            while size < limit:
                 if self._jobs:
-                    if size + len(self._jobs[0].examples) > self._max_batch:
+                    if size + len(self._jobs[0].examples) > limit:
                         break
                     job = self._pop_live()
                     if job is not None:
                         taken.append(job)
                         size += len(job.examples)
                     continue
-                # others were waiting: more are probably on their way, linger once
-                if len(taken) > 1 and not lingered and self._window > 0 and not self._closed:
+                # others were waiting: more are probably on their way, linger once (unless
+                # a worker is idle: it would take them at once)
+                if (
+                    len(taken) > 1
+                    and not lingered
+                    and not self._idle
+                    and self._window > 0
+                    and not self._closed
+                ):
                     lingered = True
                     self._cv.wait(self._window)
                     continue
                 break
+            if self._jobs:  # what did not fit: wake an idle worker for it
+                self._cv.notify()
             return taken
 
     def _pop_live(self) -> _Job | None:
         """Pop the first queued job; if its deadline has passed, fail it and return None."""
         job = self._jobs.popleft()
+        self._queued_examples -= len(job.examples)
         if job.deadline is not None and time.monotonic() >= job.deadline:
             self._finish(
                 job,
@@ -181,7 +224,7 @@ class Batcher:
                 self._process(jobs)
         finally:
             with self._record_cv:
-                self._worker_done = True
+                self._workers_left -= 1
                 self._record_cv.notify()
 
     def _process(self, jobs: list[_Job]) -> None:
@@ -218,14 +261,16 @@ class Batcher:
         if self._on_batch is None:
             return
         try:
-            self._on_batch(batch)
+            with self._observe_lock:
+                self._on_batch(batch)
         except Exception:
             log.exception("event=on_batch_failed")
 
     def _record(self, jobs: list[_Job], slices: list[ScoredBatch], batch: ScoredBatch) -> None:
         """Record ``batch`` and release its jobs: inline, or through the recorder thread."""
         if self._recorder is None:
-            self._commit([(jobs, slices, batch)])
+            with self._commit_lock:
+                self._commit([(jobs, slices, batch)])
             return
         with self._record_cv:
             self._to_record.append((jobs, slices, batch))
@@ -234,7 +279,7 @@ class Batcher:
     def _record_loop(self) -> None:
         while True:
             with self._record_cv:
-                while not self._to_record and not self._worker_done:
+                while not self._to_record and self._workers_left:
                     self._record_cv.wait()
                 if not self._to_record:
                     return

@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from labelwatch.config import Settings
+from labelwatch.config import Settings, concurrency
 from labelwatch.ports import Off, port_number, port_or_off, port_or_off_argument
 from labelwatch.scoring import FilterBy
 
@@ -36,6 +36,8 @@ def _converter(f: dataclasses.Field[Any]) -> Any:
     listener = f.metadata.get("listener")
     if listener is not None:
         return port_or_off if listener == "optional" else port_number
+    if f.metadata.get("parse") == "concurrency":
+        return concurrency
     kind = str(f.type)
     if "Path" in kind:
         return Path

@@ -57,7 +57,11 @@ refused as not probabilities (e.g. logits served without ``--model-outputs-logit
 
 
 class OnnxModel:
-    """A loaded multi-label ONNX classifier (thread-safe: onnxruntime sessions are)."""
+    """A loaded multi-label ONNX classifier.
+
+    Thread-safe: onnxruntime sessions are, and :meth:`predict` keeps no state, so the
+    batcher runs several calls at once (each with ``settings.intra_op_threads``).
+    """
 
     def __init__(
         self,
@@ -72,6 +76,8 @@ class OnnxModel:
             raise StartupError(f"model file not found: {path}")
         self.path = path
         self.sha256 = file_sha256(path)
+        self.session_settings = settings
+        """The onnxruntime thread settings this model's session was made with."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.intra_op_threads
         options.inter_op_num_threads = settings.inter_op_threads

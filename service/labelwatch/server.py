@@ -195,7 +195,7 @@ def serve_forever(
     model = running.pipeline.model
     log.info(
         "event=started address=%s:%d metrics_port=%s model=%s model_sha256=%s artifact=%s "
-        "classes=%d input=%s filter_by=%s version=%s http_port=%s",
+        "classes=%d input=%s filter_by=%s version=%s http_port=%s model_concurrency=%d",
         settings.host,
         running.port,
         shown(running.metrics_port),
@@ -207,6 +207,7 @@ def serve_forever(
         running.pipeline.filter_by.value,
         running.pipeline.model_version,
         shown(running.http_port),
+        running.engine.batcher.concurrency,
     )
     if on_ready is None:
         print(listening_line(settings, running), flush=True)

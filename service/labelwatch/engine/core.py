@@ -41,6 +41,7 @@ from labelwatch.engine.loading import (
     adapter_from,
     calibration_rates,
     load_pipeline,
+    model_concurrency,
     with_default_model,
 )
 from labelwatch.engine.models import ModelHolder, ModelLifecycle, ReloadOutcome, check_compatible
@@ -115,8 +116,21 @@ class Engine:
                 max_batch=self.settings.max_batch,
                 window_seconds=self.settings.batch_window_ms / 1000.0,
                 on_batch=self.shadow.offer if self.shadow is not None else None,
+                concurrency=model_concurrency(
+                    self.settings.model_concurrency,
+                    workers=self.settings.workers,
+                    has_model=self.pipeline.model is not None,
+                ),
             )
             stack.callback(self.batcher.close)
+            model = self.pipeline.model
+            log.info(
+                "event=model_calls concurrency=%d requested=%s intra_op_threads=%s workers=%d",
+                self.batcher.concurrency,
+                self.settings.model_concurrency,
+                model.session_settings.intra_op_threads if model is not None else "none",
+                self.settings.workers,
+            )
             self.verdicts = self._verdict_book()
             self._describe_in_metrics(self.pipeline)
             self._resources = stack.pop_all()

@@ -40,12 +40,35 @@ def with_default_model(settings: Settings) -> Settings:
     )
 
 
-def intra_op_threads_per_worker(requested: int, workers: int) -> int:
-    """onnxruntime intra-op threads for one worker: ``requested``, or cores / workers if 0."""
+def cores() -> int:
+    """CPU cores this process may run on (its affinity mask), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def model_concurrency(requested: str, *, workers: int, has_model: bool) -> int:
+    """Model calls in flight per worker: ``requested`` (a number), or ``auto``'s choice.
+
+    ``auto``: cores / ``workers`` (at least 1) when a model is served, else 1. The
+    measurement behind it is in docs/performance.md ("Concurrent model calls"): model
+    calls release the GIL and one call per core beats one call spread over the cores;
+    thresholds-only scoring is short numpy steps under the GIL, where a second call
+    only contends.
+    """
+    if requested != "auto":
+        return int(requested)
+    if not has_model:
+        return 1
+    return max(1, cores() // max(1, workers))
+
+
+def intra_op_threads_per_worker(requested: int, workers: int, concurrency: int = 1) -> int:
+    """onnxruntime intra-op threads for one model call: ``requested``, or if 0, the cores
+    divided among ``workers`` processes x ``concurrency`` calls in flight (at least 1)."""
     if requested > 0:
         return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // max(1, workers))
+    return max(1, cores() // (max(1, workers) * max(1, concurrency)))
 
 
 def load_pipeline(
@@ -69,7 +92,13 @@ def load_pipeline(
             output_name=settings.model_output,
             outputs_logits=settings.model_outputs_logits,
             settings=SessionSettings(
-                intra_op_threads_per_worker(settings.intra_op_threads, settings.workers),
+                intra_op_threads_per_worker(
+                    settings.intra_op_threads,
+                    settings.workers,
+                    model_concurrency(
+                        settings.model_concurrency, workers=settings.workers, has_model=True
+                    ),
+                ),
                 settings.inter_op_threads,
                 allow_spinning=settings.ort_spinning,
             ),
