@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from labelwatch import config_cli, default_model
+from labelwatch.domain import InputKind
 from labelwatch.engine import intra_op_threads_per_worker, model_concurrency
 from labelwatch.engine.loading import cores
 from labelwatch.flag_record import dedupe_key
@@ -217,18 +218,38 @@ def test_the_option_takes_auto_or_a_whole_number_from_flag_or_environment() -> N
             config_cli.settings_from(parser.parse_args([]), {"LABELWATCH_MODEL_CONCURRENCY": bad})
 
 
-def test_auto_runs_one_call_per_core_of_a_worker_with_a_model_and_one_without() -> None:
+def test_auto_runs_one_call_per_core_of_a_worker_for_text_and_one_otherwise() -> None:
     n = cores()
-    assert model_concurrency("auto", workers=1, has_model=True) == n
-    assert model_concurrency("auto", workers=n, has_model=True) == 1
-    assert model_concurrency("auto", workers=2 * n, has_model=True) == 1
-    assert model_concurrency("auto", workers=1, has_model=False) == 1
-    assert model_concurrency("5", workers=1, has_model=False) == 5
+    text, features, probs = InputKind.TEXT, InputKind.FEATURES, InputKind.PROBABILITIES_ONLY
+    assert model_concurrency("auto", workers=1, kind=text) == n
+    assert model_concurrency("auto", workers=n, kind=text) == 1
+    assert model_concurrency("auto", workers=2 * n, kind=text) == 1
+    assert model_concurrency("auto", workers=1, kind=features) == 1
+    assert model_concurrency("auto", workers=1, kind=probs) == 1
+    assert model_concurrency("5", workers=1, kind=probs) == 5
     # the cores are split between workers and calls; an explicit count wins
     assert intra_op_threads_per_worker(0, 1, n) == 1
     assert intra_op_threads_per_worker(0, 1, 1) == n
     assert intra_op_threads_per_worker(0, 4 * n, 3) == 1
     assert intra_op_threads_per_worker(2, 1, n) == 2
+
+
+@pytest.mark.parametrize("kind", ["text", "features", "probabilities"])
+def test_a_default_server_splits_the_cores_by_what_its_model_takes(
+    tmp_path: Path, kind: str
+) -> None:
+    if kind == "text":
+        settings = _serve_text(tmp_path)
+    elif kind == "features":
+        settings = _serve_float(tmp_path)
+    else:
+        settings = {"thresholds": _serve_float(tmp_path)["thresholds"]}
+    with running_server(**settings) as server:
+        calls = server.engine.batcher.concurrency
+        model = server.engine.pipeline.model
+        threads = model.session_settings.intra_op_threads if model is not None else None
+    expected = {"text": (cores(), 1), "features": (1, cores()), "probabilities": (1, None)}
+    assert (calls, threads) == expected[kind]
 
 
 def test_the_start_up_log_says_how_many_calls_run_and_with_how_many_threads(

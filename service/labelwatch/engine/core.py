@@ -119,7 +119,7 @@ class Engine:
                 concurrency=model_concurrency(
                     self.settings.model_concurrency,
                     workers=self.settings.workers,
-                    has_model=self.pipeline.model is not None,
+                    kind=self.pipeline.spec.input_kind,
                 ),
             )
             stack.callback(self.batcher.close)

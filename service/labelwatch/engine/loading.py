@@ -13,6 +13,7 @@ from labelwatch import default_model
 from labelwatch.adaptation import Adapter
 from labelwatch.calibration import CalibrationArtifact, load_artifact
 from labelwatch.config import Settings
+from labelwatch.domain import InputKind
 from labelwatch.errors import StartupError
 from labelwatch.metrics import Metrics
 from labelwatch.model import OnnxModel, SessionSettings, file_sha256
@@ -47,20 +48,30 @@ def cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def model_concurrency(requested: str, *, workers: int, has_model: bool) -> int:
+def model_concurrency(requested: str, *, workers: int, kind: InputKind) -> int:
     """Model calls in flight per worker: ``requested`` (a number), or ``auto``'s choice.
 
-    ``auto``: cores / ``workers`` (at least 1) when a model is served, else 1. The
-    measurement behind it is in docs/performance.md ("Concurrent model calls"): model
-    calls release the GIL and one call per core beats one call spread over the cores;
-    thresholds-only scoring is short numpy steps under the GIL, where a second call
-    only contends.
+    ``auto``: cores / ``workers`` (at least 1) for a text model, else 1. Measured on 2
+    cores (docs/performance.md, "Concurrent model calls"): a text model's call is most of
+    an example's cost and releases the GIL, so one call per core beats one call spread
+    over the cores; with a cheap feature model or client probabilities the work is
+    Python and short numpy steps under the GIL, where a second call only contends.
     """
     if requested != "auto":
         return int(requested)
-    if not has_model:
+    if kind is not InputKind.TEXT:
         return 1
     return max(1, cores() // max(1, workers))
+
+
+def session_settings(settings: Settings, kind: InputKind) -> SessionSettings:
+    """onnxruntime settings of one model call for a model taking ``kind`` input."""
+    calls = model_concurrency(settings.model_concurrency, workers=settings.workers, kind=kind)
+    return SessionSettings(
+        intra_op_threads_per_worker(settings.intra_op_threads, settings.workers, calls),
+        settings.inter_op_threads,
+        allow_spinning=settings.ort_spinning,
+    )
 
 
 def intra_op_threads_per_worker(requested: int, workers: int, concurrency: int = 1) -> int:
@@ -87,22 +98,21 @@ def load_pipeline(
         )
     model = None
     if settings.model is not None:
+        guess = session_settings(settings, InputKind.TEXT)  # the default model's kind
         model = OnnxModel(
             settings.model,
             output_name=settings.model_output,
             outputs_logits=settings.model_outputs_logits,
-            settings=SessionSettings(
-                intra_op_threads_per_worker(
-                    settings.intra_op_threads,
-                    settings.workers,
-                    model_concurrency(
-                        settings.model_concurrency, workers=settings.workers, has_model=True
-                    ),
-                ),
-                settings.inter_op_threads,
-                allow_spinning=settings.ort_spinning,
-            ),
+            settings=guess,
         )
+        wanted = session_settings(settings, model.input_kind)
+        if wanted != guess:  # the thread split depends on the input, known once loaded
+            model = OnnxModel(
+                settings.model,
+                output_name=settings.model_output,
+                outputs_logits=settings.model_outputs_logits,
+                settings=wanted,
+            )
     try:
         artifact = load_artifact(settings.thresholds)
     except ValueError as exc:
