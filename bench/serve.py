@@ -769,12 +769,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated subset of limits,engine,grid,memory,k,tuning (default: all)",
     )
     parser.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated subset of the plan's models, text,float (default: both)",
+    )
+    parser.add_argument(
         "--write-docs", action="store_true", help=f"rewrite the generated part of {DOCS.name}"
     )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     out = args.out or RESULTS / ("serve-quick.json" if args.quick else "serve.json")
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
+    if args.models:
+        chosen = tuple(m.strip() for m in args.models.split(",") if m.strip())
+        unknown = set(chosen) - set(plan.models)
+        if unknown or not chosen:
+            parser.error(f"--models: choose among {', '.join(plan.models)}")
+        plan = replace(plan, models=chosen)
     peer_skipped = ""
     if args.no_peer:
         peer_skipped = "--no-peer was given"

@@ -4,9 +4,10 @@ gRPC handler threads call :meth:`Batcher.score` with one request's validated
 examples and block until their slice of a merged batch is ready. ``concurrency``
 worker threads run the pipeline, so that many model calls can be in flight at
 once (onnxruntime releases the GIL; the engine gives each call cores / calls
-intra-op threads). A free worker takes every job queued so far (up to
-``max_batch`` examples). A lone request runs at once; only when other requests
-are already waiting does the worker linger up to ``window_seconds`` for more, so
+intra-op threads). A free worker takes the jobs queued so far (up to
+``max_batch`` examples), leaving idle workers an even share of them. A lone
+request runs at once; only when other requests are already waiting (and no
+worker is idle) does the worker linger up to ``window_seconds`` for more, so
 batches grow under load without adding latency when idle.
 
 With a flag outbox, one more thread, the recorder, stores the flags of every
