@@ -20,6 +20,7 @@ TRANSPORTS = (
     "labelwatch.ingest",
     "labelwatch.ingest_app",
     "labelwatch.ingest_messages",
+    "labelwatch.ingest_publish",
     "labelwatch.labelstudio",
     "labelwatch.server",
     "labelwatch.workers",

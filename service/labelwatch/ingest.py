@@ -6,17 +6,23 @@ Any number of processes using the same durable name share the messages
 
 1. each message is decoded (:mod:`labelwatch.ingest_messages`) and validated
    by the codec every transport shares (:class:`~labelwatch.codec.ExampleDecoder`);
-   a malformed one is published to the dead-letter subject with its reason and
-   acked, so it is never retried;
-2. the valid examples are scored in a worker thread through the shared
-   ``score`` callable (the :class:`~labelwatch.batcher.Batcher`, so concurrent
-   batches merge into one model call) -- the pipeline stores their flags in the
-   outbox before it returns;
-3. one result a message is published to the results subject with
-   ``Nats-Msg-Id = <stream>-<sequence>`` (a redelivered input gets the same id,
-   so JetStream drops the repeat within the duplicate window);
-4. only then is the input acked. A transient failure (outbox not writable,
-   server stopping, NATS publish failure) naks the inputs with a delay instead.
+   a malformed one is published to the dead-letter subject with its reason (while
+   its neighbours are scored) and acked once stored, so it is never retried;
+2. the valid examples are scored as one call in a worker thread through the
+   shared ``score`` callable (the :class:`~labelwatch.batcher.Batcher`, so
+   concurrent batches merge into one model call) -- the pipeline stores their
+   flags in the outbox before it returns;
+3. the batch's results are encoded from its arrays
+   (:func:`~labelwatch.ingest_messages.results_json`) and all published to the
+   results subject at once, one message each with ``Nats-Msg-Id =
+   <stream>-<sequence>`` (a redelivered input gets the same id, so JetStream
+   drops the repeat within the duplicate window); then the JetStream acks of the
+   whole batch are awaited together, within ``publish_timeout_seconds``;
+4. only then are the inputs acked, each one whose result JetStream stored (the
+   acks of a batch go out in one write; a plain ack suffices: a lost one means a
+   redelivery, whose result is a dropped duplicate and whose flags the outbox
+   already holds). A transient failure (outbox not writable, server stopping,
+   a result not stored) naks those inputs with a delay instead.
    Any other scoring failure is isolated: the batch's examples are scored one
    by one, and one that still fails is nak'd until JetStream has delivered it
    ``max_deliveries`` times, then dead-lettered with the error (a poison
@@ -50,14 +56,13 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, PubAck, RetentionPolicy, StreamConfig
 
 from labelwatch.codec import DEFAULT_LIMITS, ExampleDecoder
-from labelwatch.codec.proto import response_from_batch
 from labelwatch.config import mask_url
 from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import ErrorCode, PublicError, WrongInputKind
-from labelwatch.ingest_messages import dead_letter_json, fields_from_message, result_json
+from labelwatch.ingest_messages import dead_letter_json, fields_from_message, results_json
+from labelwatch.ingest_publish import BatchPublisher, publish_window
 from labelwatch.metrics import IngestMetrics
 from labelwatch.security.limits import ExampleLimits
-from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +141,7 @@ class StreamConsumer:
         self._in_flight = 0
         self._slot_freed = asyncio.Event()
         self._tasks: dict[asyncio.Task[None], list[Msg]] = {}
-        self._js: JetStreamContext | None = None
+        self._publisher: BatchPublisher | None = None
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -191,7 +196,10 @@ class StreamConsumer:
             raise ConnectionError(
                 f"no connection to NATS at {mask_url(o.url)} within {o.connect_timeout_seconds}s"
             ) from exc
-        js = nc.jetstream(timeout=o.publish_timeout_seconds)
+        js = nc.jetstream(
+            timeout=o.publish_timeout_seconds,
+            publish_async_max_pending=publish_window(o.max_inflight),
+        )
         await self._ensure_streams(js)
         psub = await js.pull_subscribe(
             o.subject,
@@ -210,7 +218,7 @@ class StreamConsumer:
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], object] | None = None) -> None:
         """Fetch and process until ``stop`` is set, then drain what is in hand."""
         nc, js, psub = await self._connect()
-        self._js = js
+        self._publisher = BatchPublisher(js, self.options.publish_timeout_seconds)
         log.info(
             "event=consuming stream=%s subject=%s durable=%s results=%s dead_letter=%s "
             "batch=%d max_inflight=%d",
@@ -255,8 +263,8 @@ class StreamConsumer:
                 continue
             try:
                 msgs = await psub.fetch(min(o.batch, free), timeout=o.fetch_timeout_seconds)
-            except nats.errors.TimeoutError:
-                continue
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue  # nothing to fetch (nats-py raises either, depending on the path)
             except (nats.errors.Error, OSError) as exc:
                 log.warning("event=fetch_failed error=%r", exc)
                 await asyncio.sleep(min(1.0, o.fetch_timeout_seconds))
@@ -269,6 +277,11 @@ class StreamConsumer:
             task = asyncio.create_task(self._handle(msgs))
             self._tasks[task] = msgs
             task.add_done_callback(self._forget)
+
+    @property
+    def _out(self) -> BatchPublisher:
+        assert self._publisher is not None, "run() connects first"
+        return self._publisher
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
@@ -324,17 +337,22 @@ class StreamConsumer:
     async def _handle(self, msgs: list[Msg]) -> None:
         try:
             valid: list[tuple[Msg, LabeledExample]] = []
+            bad: list[tuple[Msg, str, str]] = []
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 try:
                     example = self._decoder.decode(fields_from_message(msg.data, msg.headers), seq)
                 except PublicError as exc:
                     kind = "wrong_input_kind" if isinstance(exc, WrongInputKind) else "invalid"
-                    await self._dead_letter(msg, exc.message, kind)
+                    bad.append((msg, exc.message, kind))
                     continue
                 valid.append((msg, example))
+            # the dead letters' round trip overlaps the scoring of their neighbours
+            dead = [await self._send_dead_letter(msg, reason) for msg, reason, _ in bad]
             if valid:
                 await self._score_and_publish(valid)
+            if bad:
+                await self._settle_dead_letters(bad, dead)
         except asyncio.CancelledError:
             raise
         except Exception:  # never lose a task silently; JetStream redelivers after ack_wait
@@ -345,6 +363,8 @@ class StreamConsumer:
     async def _score_and_publish(
         self, valid: list[tuple[Msg, LabeledExample]], *, isolated: bool = False
     ) -> None:
+        """Score ``valid`` in one engine call, publish every result, then ack the inputs."""
+        o = self.options
         msgs = [m for m, _ in valid]
         if not isolated:
             self._metrics.batch_size.observe(len(valid))
@@ -357,7 +377,7 @@ class StreamConsumer:
                     len(msgs),
                     exc.code.value,
                     exc.message,
-                    self.options.nak_delay_seconds,
+                    o.nak_delay_seconds,
                 )
                 await self._nak(msgs)
             else:
@@ -367,17 +387,23 @@ class StreamConsumer:
             log.exception("event=score_failed messages=%d", len(msgs))
             await self._score_failed(valid, exc, f"{type(exc).__name__}: {exc}")
             return
-        response = response_from_batch(batch, self._spec.class_names, include_probabilities=False)
-        published = await self._publish_results(msgs, list(response.results))
+        # the flags are in the outbox now; publish every result before waiting for any ack
+        sequences = [m.metadata.sequence.stream for m in msgs]
+        bodies = results_json(batch, self._spec.class_names, stream=o.stream, sequences=sequences)
+        futures = [
+            await self._out.send(o.results_subject, body, {"Nats-Msg-Id": f"{o.stream}-{seq}"})
+            for body, seq in zip(bodies, sequences, strict=True)
+        ]
+        published = await self._out.settle(futures, "result_publish_failed")
         done = [m for m, ok in zip(msgs, published, strict=True) if ok]
         failed = [m for m, ok in zip(msgs, published, strict=True) if not ok]
+        acked = await self._ack(done)
         now = time.time()
-        for msg in done:
-            await msg.ack()
+        for msg in acked:
             sent = msg.metadata.timestamp.timestamp()
             self._metrics.end_to_end_seconds.observe(max(0.0, now - sent))
-        self.stats.processed += len(done)
-        self._metrics.processed.inc(len(done))
+        self.stats.processed += len(acked)
+        self._metrics.processed.inc(len(acked))
         if failed:
             await self._nak(failed)
 
@@ -404,63 +430,64 @@ class StreamConsumer:
             return
         await self._nak([msg])
 
-    async def _publish_results(self, msgs: list[Msg], results: list[pb.ScoreResult]) -> list[bool]:
-        """Publish one result a message; per message, whether JetStream stored it."""
-        assert self._js is not None
-        o = self.options
-        acks: list[asyncio.Future[PubAck] | None] = []
-        for msg, result in zip(msgs, results, strict=True):
-            seq = msg.metadata.sequence.stream
-            try:
-                acks.append(
-                    await self._js.publish_async(
-                        o.results_subject,
-                        result_json(result, stream=o.stream, sequence=seq),
-                        wait_stall=o.publish_timeout_seconds,
-                        headers={"Nats-Msg-Id": f"{o.stream}-{seq}"},
-                    )
-                )
-            except (nats.errors.Error, OSError) as exc:
-                log.warning("event=result_publish_failed error=%r", exc)
-                acks.append(None)
-        out: list[bool] = []
-        for ack in acks:
-            if ack is None:
-                out.append(False)
-                continue
-            try:
-                await asyncio.wait_for(ack, o.publish_timeout_seconds)
-                out.append(True)
-            except (asyncio.TimeoutError, nats.errors.Error, OSError) as exc:
-                log.warning("event=result_publish_failed error=%r", exc)
-                out.append(False)
-        return out
+    # -- publishing and acking -----------------------------------------------------------------
 
-    async def _dead_letter(self, msg: Msg, reason: str, kind: str) -> None:
-        """Publish ``msg`` with ``reason`` to the dead-letter subject, then ack it."""
-        assert self._js is not None
+    async def _ack(self, msgs: Sequence[Msg]) -> list[Msg]:
+        """Ack ``msgs`` (one write for all of them); those whose ack could be sent."""
+        acked: list[Msg] = []
+        failed: nats.errors.Error | None = None
+        for msg in msgs:
+            try:
+                await msg.ack()
+            except nats.errors.Error as exc:  # the redelivery's result is a duplicate, dropped
+                failed = exc
+                continue
+            acked.append(msg)
+        if failed is not None:
+            log.warning(
+                "event=ack_failed messages=%d error=%r: JetStream redelivers them after the "
+                "ack wait",
+                len(msgs) - len(acked),
+                failed,
+            )
+        return acked
+
+    async def _send_dead_letter(self, msg: Msg, reason: str) -> asyncio.Future[PubAck] | None:
         o = self.options
         seq = msg.metadata.sequence.stream
         body = dead_letter_json(
             reason=reason, stream=o.stream, sequence=seq, subject=msg.subject, data=msg.data
         )
-        try:
-            await self._js.publish(
-                o.dead_letter_subject,
-                body,
-                headers={
-                    "Nats-Msg-Id": f"dead-{o.stream}-{seq}",
-                    REASON_HEADER: reason.replace("\r", " ").replace("\n", " ")[:1024],
-                },
-            )
-        except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
-            log.warning("event=dead_letter_publish_failed sequence=%d error=%r", seq, exc)
-            await self._nak([msg])
-            return
-        await msg.ack()
-        log.info("event=dead_lettered stream=%s sequence=%d reason=%r", o.stream, seq, reason)
-        self.stats.dead_lettered += 1
-        self._metrics.dead_lettered.labels(kind).inc()
+        headers = {
+            "Nats-Msg-Id": f"dead-{o.stream}-{seq}",
+            REASON_HEADER: reason.replace("\r", " ").replace("\n", " ")[:1024],
+        }
+        return await self._out.send(o.dead_letter_subject, body, headers)
+
+    async def _settle_dead_letters(
+        self, bad: Sequence[tuple[Msg, str, str]], futures: Sequence[asyncio.Future[PubAck] | None]
+    ) -> None:
+        """Ack each input whose dead letter JetStream stored; nak the others."""
+        o = self.options
+        published = await self._out.settle(futures, "dead_letter_publish_failed")
+        stored = [item for item, ok in zip(bad, published, strict=True) if ok]
+        failed = [msg for (msg, _, _), ok in zip(bad, published, strict=True) if not ok]
+        acked = set(map(id, await self._ack([msg for msg, _, _ in stored])))
+        for msg, reason, kind in stored:
+            if id(msg) not in acked:
+                continue
+            seq = msg.metadata.sequence.stream
+            log.info("event=dead_lettered stream=%s sequence=%d reason=%r", o.stream, seq, reason)
+            self.stats.dead_lettered += 1
+            self._metrics.dead_lettered.labels(kind).inc()
+        if failed:
+            await self._nak(failed)
+
+    async def _dead_letter(self, msg: Msg, reason: str, kind: str) -> None:
+        """Publish ``msg`` with ``reason`` to the dead-letter subject, then ack it."""
+        await self._settle_dead_letters(
+            [(msg, reason, kind)], [await self._send_dead_letter(msg, reason)]
+        )
 
     async def _nak(self, msgs: list[Msg]) -> None:
         for msg in msgs:
