@@ -16,9 +16,16 @@ What it measures (``docs/ingestion.md``, section "Performance", explains how to 
 2. **the gRPC reference**: ``labelwatch serve`` (a subprocess, bench/servebench's
    capacity flags) scoring the same rows over ScoreStream, batch 64, 8 clients in
    2 client processes; each consumer row is reported as a ratio to it.
-3. **lag**: one consumer while a producer publishes at a fixed rate above the
+3. **one consumer against ScoreStream, side by side**: ``--pairs`` times in turn, a
+   fresh 1-consumer cell and then a fresh ScoreStream cell; each pair gives a ratio
+   and the median is the headline (on a shared machine one pair alone is noise).
+4. **lag**: one consumer while a producer publishes at a fixed rate above the
    1-consumer capacity measured in 1., then below it; the durable's pending and
    ack-pending counts are sampled twice a second.
+
+Every consumer cell also reports the consumers' peak RSS (``VmHWM`` from
+``/proc/PID/status``, the largest over its processes), and each ScoreStream cell
+the server's.
 
 The workload is the default text model (debtags test rows, as in bench/serve.py).
 Prints the tables (progress goes to stderr) and writes the raw numbers to
@@ -35,6 +42,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,6 +65,7 @@ from servebench.servers import (  # noqa: E402
     _Proc,
     _spawn,
     free_port,
+    tree_memory,
 )
 from servebench.workloads import Rows, ServedModel, make_rows, text_model  # noqa: E402
 
@@ -84,11 +93,14 @@ class Plan:
     lag_above_seconds: float = 20.0
     lag_below_seconds: float = 30.0
     sample_interval: float = 0.5
+    pairs: int = 3
 
 
 QUICK = Plan(
-    examples=2_000,
-    grpc_seconds=2.0,
+    examples=5_000,
+    consumers=(1, 2),
+    grpc_seconds=3.0,
+    pairs=2,
     lag_above_seconds=4.0,
     lag_below_seconds=6.0,
 )
@@ -315,8 +327,10 @@ def run_cell(
     """A fresh nats-server and ``k`` consumers; publish ``msgs`` on ``schedule``; time it."""
     with nats_server(work / "nats") as url:
         asyncio.run(create_streams(url))
-        with consumers(url, served, k, work):
+        with consumers(url, served, k, work) as procs:
             out = asyncio.run(_drive(url, msgs, schedule, interval, timeout))
+            peaks = [tree_memory(p.process.pid).peak for p in procs]
+    out["peak_rss_mib"] = max(peaks) / 2**20
     out["examples"] = len(msgs)
     out["examples_per_s"] = len(msgs) / out["seconds"]
     return out
@@ -340,9 +354,10 @@ def section_throughput(
                 "examples": cell["examples"],
                 "seconds": round(cell["seconds"], 3),
                 "examples_per_s": cell["examples_per_s"],
+                "peak_rss_mib": cell["peak_rss_mib"],
             }
         )
-        log(f"  {cell['examples_per_s']:,.0f} examples/s")
+        log(f"  {cell['examples_per_s']:,.0f} examples/s, peak RSS {cell['peak_rss_mib']:.0f} MiB")
     return rows
 
 
@@ -364,9 +379,10 @@ def section_grpc(plan: Plan, served: ServedModel, work: Path) -> dict[str, Any]:
                 plan.grpc_seconds,
             )
         )
+        peak = server.memory().peak / 2**20
     if result.errors:
         raise RuntimeError(f"gRPC cell failed: {result.first_error}")
-    log(f"  {result.examples_per_s:,.0f} examples/s")
+    log(f"  {result.examples_per_s:,.0f} examples/s, peak RSS {peak:.0f} MiB")
     return {
         "mode": "stream",
         "batch": plan.grpc_batch,
@@ -374,7 +390,29 @@ def section_grpc(plan: Plan, served: ServedModel, work: Path) -> dict[str, Any]:
         "seconds": round(result.elapsed_s, 3),
         "examples": result.examples,
         "examples_per_s": result.examples_per_s,
+        "peak_rss_mib": peak,
     }
+
+
+def section_pairs(
+    plan: Plan, served: ServedModel, msgs: Sequence[bytes], work: Path
+) -> list[dict[str, Any]]:
+    """``plan.pairs`` times: one consumer, then ScoreStream, each fresh; their ratio."""
+    pairs = []
+    for i in range(plan.pairs):
+        log(f"pair {i + 1}/{plan.pairs}: 1 consumer, then ScoreStream")
+        cell = run_cell(served, msgs, 1, work / f"pair{i}", [("burst", 0.0, 1e9)], 0.1, 600.0)
+        grpc = section_grpc(plan, served, work / f"pair{i}")
+        pairs.append(
+            {
+                "consume_examples_per_s": cell["examples_per_s"],
+                "consume_peak_rss_mib": cell["peak_rss_mib"],
+                "grpc_examples_per_s": grpc["examples_per_s"],
+                "ratio": cell["examples_per_s"] / grpc["examples_per_s"],
+            }
+        )
+        log(f"  ratio {pairs[-1]['ratio']:.2f}")
+    return pairs
 
 
 def section_lag(
@@ -416,6 +454,7 @@ def throughput_table(rows: Sequence[dict[str, Any]], grpc: dict[str, Any]) -> st
             f"{r['examples']:,}",
             f"{r['examples_per_s']:,.0f}",
             f"{r['examples_per_s'] / reference:.2f}x",
+            f"{r['peak_rss_mib']:.0f}",
         ]
         for r in rows
     ]
@@ -426,9 +465,33 @@ def throughput_table(rows: Sequence[dict[str, Any]], grpc: dict[str, Any]) -> st
             f"{grpc['examples']:,}",
             f"{reference:,.0f}",
             "1.00x",
+            f"{grpc['peak_rss_mib']:.0f}",
         ]
     )
-    return markdown(["path", "flags", "examples", "examples/s", "vs ScoreStream"], body)
+    header = ["path", "flags", "examples", "examples/s", "vs ScoreStream", "peak RSS MiB"]
+    return markdown(header, body)
+
+
+def pairs_table(pairs: Sequence[dict[str, Any]]) -> str:
+    """Each pair's consumer and ScoreStream rates and their ratio, then the median."""
+    body = [
+        [
+            str(i + 1),
+            f"{p['consume_examples_per_s']:,.0f}",
+            f"{p['grpc_examples_per_s']:,.0f}",
+            f"{p['ratio']:.2f}x",
+            f"{p['consume_peak_rss_mib']:.0f}",
+        ]
+        for i, p in enumerate(pairs)
+    ]
+    body.append(["median", "", "", f"{median_ratio(pairs):.2f}x", ""])
+    header = ["pair", "consume x1 ex/s", "ScoreStream ex/s", "ratio", "consumer peak RSS MiB"]
+    return markdown(header, body)
+
+
+def median_ratio(pairs: Sequence[dict[str, Any]]) -> float:
+    """The median of the pairs' consume/ScoreStream ratios."""
+    return float(statistics.median(p["ratio"] for p in pairs))
 
 
 def lag_table(lag: dict[str, Any], every: float = 2.0) -> str:
@@ -467,6 +530,11 @@ def render(result: dict[str, Any]) -> str:
             "",
             throughput_table(result["throughput"], result["grpc"]),
             "",
+            f"One consumer against ScoreStream, {len(result['pairs'])} fresh pairs in turn "
+            f"(median ratio {median_ratio(result['pairs']):.2f}x):",
+            "",
+            pairs_table(result["pairs"]),
+            "",
             f"Lag, 1 consumer (capacity {lag['capacity_examples_per_s']:,.0f} examples/s): "
             f"{lag['rate_above']:,.0f}/s for {lag['seconds_above']:g} s, then "
             f"{lag['rate_below']:,.0f}/s for {lag['seconds_below']:g} s; every result stored "
@@ -489,11 +557,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run (< 1 min)")
     parser.add_argument("--examples", type=int, help="examples per throughput cell")
+    parser.add_argument("--pairs", type=int, help="1-consumer / ScoreStream pairs (median ratio)")
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/...)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
     if args.examples:
         plan = Plan(**{**asdict(plan), "examples": args.examples})
+    if args.pairs:
+        plan = Plan(**{**asdict(plan), "pairs": args.pairs})
     out = args.out or RESULTS / ("ingest-quick.json" if args.quick else "ingest.json")
     command = " ".join(["python bench/ingest.py", *(argv if argv is not None else sys.argv[1:])])
 
@@ -517,6 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         msgs = messages(rows, served.workload.class_names, plan.examples, "ex-")
         result["throughput"] = section_throughput(plan, served, msgs, work)
         result["grpc"] = section_grpc(plan, served, work)
+        result["pairs"] = section_pairs(plan, served, msgs, work)
         capacity = result["throughput"][0]["examples_per_s"]
         result["lag"] = section_lag(plan, served, rows, capacity, work)
     result["elapsed_s"] = time.monotonic() - started

@@ -246,6 +246,7 @@ def test_ingest_cell_times_a_consumer_and_samples_its_lag(tmp_path: Path) -> Non
     schedule = [("above", 400.0, 0.3), ("below", 100.0, 0.3)]
     cell = ingest.run_cell(served, msgs, 1, tmp_path / "cell", schedule, 0.1, 60.0)
     assert cell["examples"] == 300 and cell["examples_per_s"] > 0
+    assert cell["peak_rss_mib"] > 0
     last = cell["samples"][-1]
     assert last["results"] == last["published"] == 300
     assert {s["phase"] for s in cell["samples"]} <= {"above", "below", "rest"}
@@ -259,6 +260,12 @@ def test_ingest_cell_times_a_consumer_and_samples_its_lag(tmp_path: Path) -> Non
         "samples": cell["samples"],
     }
     grpc = {"batch": 64, "clients": 8, "examples": 640, "examples_per_s": 1000.0}
+    grpc["peak_rss_mib"] = 200.0
     rows_out = [{"consumers": 1, "flags": ["--intra-op-threads", "1"], **cell}]
     assert "| consume x1 |" in ingest.throughput_table(rows_out, grpc)
+    pair = {"consume_examples_per_s": 800.0, "grpc_examples_per_s": 1000.0, "ratio": 0.8}
+    pairs = [{**pair, "consume_peak_rss_mib": 150.0}, {**pair, "consume_peak_rss_mib": 1.0}]
+    pairs[1]["ratio"] = 0.9
+    assert ingest.median_ratio(pairs) == pytest.approx(0.85)
+    assert "| median |" in ingest.pairs_table(pairs)
     assert ingest.lag_table(lag).count("\n") >= 2

@@ -60,7 +60,7 @@ from labelwatch.config import mask_url
 from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import ErrorCode, PublicError, WrongInputKind
 from labelwatch.ingest_messages import dead_letter_json, fields_from_message, results_json
-from labelwatch.ingest_publish import BatchPublisher, publish_window
+from labelwatch.ingest_publish import BatchPublisher
 from labelwatch.metrics import IngestMetrics
 from labelwatch.security.limits import ExampleLimits
 
@@ -176,7 +176,7 @@ class StreamConsumer:
                 o.dead_letter_subject,
             )
 
-    async def _connect(self) -> tuple[Client, JetStreamContext, JetStreamContext.PullSubscription]:
+    async def _connect(self) -> tuple[Client, JetStreamContext.PullSubscription]:
         o = self.options
         try:
             # the client retries an unreachable server forever: bound the first connect
@@ -196,10 +196,7 @@ class StreamConsumer:
             raise ConnectionError(
                 f"no connection to NATS at {mask_url(o.url)} within {o.connect_timeout_seconds}s"
             ) from exc
-        js = nc.jetstream(
-            timeout=o.publish_timeout_seconds,
-            publish_async_max_pending=publish_window(o.max_inflight),
-        )
+        js = nc.jetstream(timeout=o.publish_timeout_seconds)
         await self._ensure_streams(js)
         psub = await js.pull_subscribe(
             o.subject,
@@ -211,14 +208,15 @@ class StreamConsumer:
                 max_ack_pending=-1,
             ),
         )
-        return nc, js, psub
+        return nc, psub
 
     # -- main loop ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], object] | None = None) -> None:
         """Fetch and process until ``stop`` is set, then drain what is in hand."""
-        nc, js, psub = await self._connect()
-        self._publisher = BatchPublisher(js, self.options.publish_timeout_seconds)
+        nc, psub = await self._connect()
+        self._publisher = BatchPublisher(nc, self.options.publish_timeout_seconds)
+        await self._publisher.start()
         log.info(
             "event=consuming stream=%s subject=%s durable=%s results=%s dead_letter=%s "
             "batch=%d max_inflight=%d",

@@ -1,57 +1,84 @@
 """Publish a batch's messages to JetStream at once, then wait for all their acks together.
 
 The consumer (:mod:`labelwatch.ingest`) sends every result of a scored batch
-without waiting for each JetStream ack (``publish_async``), so they leave in one
-write; :meth:`BatchPublisher.settle` then waits once for the whole batch, and
-says per message whether JetStream stored it. Only those inputs are acked.
+without waiting for its JetStream ack, so a batch leaves in one socket write;
+:meth:`BatchPublisher.settle` then waits once for the whole batch and says, per
+message, whether JetStream stored it. Only those inputs are acked.
+
+A JetStream publish is a core NATS request whose reply is the stream's
+``PubAck`` (or an error). :class:`BatchPublisher` sends each with a reply
+subject under one inbox of its own and resolves the matching future when the
+reply arrives: the same protocol as nats-py's ``publish_async``, without its
+per-message costs on the event loop (a random token read from the OS, a stall
+semaphore, a done callback), and an error reply fails its future at once
+(nats-py 2.16 raises it in the reply handler, leaving the future to time out).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import logging
 from collections.abc import Sequence
 
 import nats.errors
-from nats.js import JetStreamContext
-from nats.js.api import PubAck
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import Header, PubAck
 
 log = logging.getLogger("labelwatch.ingest")
 
-_CLIENT_WINDOW = 4000
-"""nats-py's default bound on async publishes awaiting their JetStream ack."""
-
-
-def publish_window(max_inflight: int) -> int:
-    """The client's async-publish window for a consumer holding ``max_inflight`` messages.
-
-    Each message in hand has at most one publish out (its result or its dead
-    letter), so a window of at least ``max_inflight`` never stalls a publish.
-    """
-    return max(_CLIENT_WINDOW, max_inflight)
+_NO_RESPONDERS = "503"
+"""Status of the reply NATS sends when no stream listens on the subject."""
 
 
 class BatchPublisher:
     """Sends without waiting; settles a batch's publish acks within ``timeout_seconds``."""
 
-    def __init__(self, js: JetStreamContext, timeout_seconds: float) -> None:
-        self._js = js
+    def __init__(self, nc: Client, timeout_seconds: float) -> None:
+        self._nc = nc
         self._timeout = timeout_seconds
+        self._inbox = nc.new_inbox()
+        self._ids = itertools.count()
+        self._waiting: dict[str, asyncio.Future[PubAck]] = {}
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        """Subscribe to the replies (before the first :meth:`send`)."""
+        self._sub = await self._nc.subscribe(self._inbox + ".*", cb=self._on_reply)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject, None)
+        if future is None or future.done():
+            return  # given up on (timed out): the message's input was nak'd
+        if msg.headers and msg.headers.get(Header.STATUS) == _NO_RESPONDERS:
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            reply = json.loads(msg.data)
+            if "error" in reply:
+                nats.js.errors.APIError.from_error(reply["error"])  # raises the typed error
+            future.set_result(PubAck.from_response(reply))
+        except (nats.errors.Error, ValueError, KeyError, TypeError) as exc:
+            future.set_exception(exc)
 
     async def send(
         self, subject: str, body: bytes, headers: dict[str, str]
     ) -> asyncio.Future[PubAck] | None:
-        """Publish without waiting for the ack; its future, or None if it could not be sent.
-
-        No stall wait (``wait_stall=None``: nats-py would otherwise start a timer task
-        and yield per message, splitting a batch into many socket writes); the window
-        is :func:`publish_window`, never full.
-        """
+        """Publish without waiting for the ack; its future, or None if it could not be sent."""
+        reply = f"{self._inbox}.{next(self._ids)}"
+        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        self._waiting[reply] = future
         try:
-            return await self._js.publish_async(subject, body, wait_stall=None, headers=headers)
+            await self._nc.publish(subject, body, reply=reply, headers=headers)
         except (nats.errors.Error, OSError) as exc:
+            del self._waiting[reply]
             log.warning("event=publish_failed subject=%s error=%r", subject, exc)
             return None
+        return future
 
     async def settle(
         self, futures: Sequence[asyncio.Future[PubAck] | None], event: str
@@ -65,8 +92,10 @@ class BatchPublisher:
         sent = [f for f in futures if f is not None]
         if sent:
             _, late = await asyncio.wait(sent, timeout=self._timeout)
-            for unacked in late:
-                unacked.cancel()  # frees its slot in the client's async-publish window
+            if late:
+                for unacked in late:
+                    unacked.cancel()
+                self._waiting = {r: f for r, f in self._waiting.items() if not f.done()}
         out: list[bool] = []
         errors: list[BaseException] = []
         for future in futures:
