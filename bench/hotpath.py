@@ -31,6 +31,7 @@ wall times of one thread: on a busy machine compare ratios, not absolute values.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -80,9 +81,9 @@ def _flag_stages(
 ) -> tuple[Callable[[Any], Any], Callable[[Any, Any], None], Callable[[Any], int]]:
     """(build rows, write rows, count flagged) for whichever code is on ``sys.path``."""
     names = pipeline.spec.class_names
-    try:
-        from labelwatch.flag_columns import ClassTable, columns_from_batch
-    except ImportError:  # the code before flag columns: Flag objects, JSON in the outbox
+    # (the editable install would find labelwatch.flag_columns for the other side too)
+    if "columns" not in inspect.signature(pipeline.outbox.write).parameters:
+        # the code before flag columns: Flag objects, JSON in the outbox
         from labelwatch.flag_record import flags_from_batch
 
         return (
@@ -90,6 +91,8 @@ def _flag_stages(
             lambda box, built: box.write(built),
             len,
         )
+    from labelwatch.flag_columns import ClassTable, columns_from_batch
+
     table = ClassTable(names)
     return (
         lambda batch: columns_from_batch(batch, table),

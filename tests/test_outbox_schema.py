@@ -150,7 +150,7 @@ def schema_of(path: Path) -> dict[str, object]:
 
 def test_migrations_are_numbered_one_after_the_other() -> None:
     assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
-    assert SCHEMA_VERSION == MIGRATIONS[-1].version == 5
+    assert SCHEMA_VERSION == MIGRATIONS[-1].version == 6
 
 
 def test_a_new_file_gets_the_current_version(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """A flag: one scored example with at least one suspected label issue, as delivered downstream.
 
-A :class:`Flag` is built from a :class:`~labelwatch.domain.ScoredBatch` row by
-:func:`flags_from_batch`, stored in the outbox as JSON (:meth:`Flag.to_json`),
-and sent to every sink in that JSON form (``docs/delivery.md`` documents the
-schema, ``"schema": "labelwatch.flag/v1"``).
+A :class:`Flag` is what a :class:`~labelwatch.domain.ScoredBatch` row with flags
+becomes (:func:`flags_from_batch` builds it one row at a time), what the outbox
+reads back, and what every sink gets in its JSON form (:meth:`Flag.to_json`;
+``docs/delivery.md`` documents the schema, ``"schema": "labelwatch.flag/v1"``).
+While serving, the pipeline stores a batch's flags as columns instead
+(:mod:`labelwatch.flag_columns`), which read back as the same :class:`Flag`.
 """
 
 from __future__ import annotations

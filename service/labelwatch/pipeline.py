@@ -12,7 +12,7 @@ from labelwatch.annotators import AnnotatorTally
 from labelwatch.calibration import CalibrationArtifact
 from labelwatch.domain import InputKind, LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import ModelFailure, OutboxUnavailable, StartupError
-from labelwatch.flag_record import flags_from_batch
+from labelwatch.flag_columns import ClassTable, columns_from_batch
 from labelwatch.metrics import Metrics
 from labelwatch.model import OnnxModel
 from labelwatch.outbox import Outbox, OutboxError
@@ -90,6 +90,7 @@ class Pipeline:
             feature_dim=model.feature_dim if model else None,
             class_names=artifact.class_names,
         )
+        self._class_table = ClassTable(self.spec.class_names)
 
     def _probabilities(self, examples: Sequence[LabeledExample]) -> NDArray[np.float64]:
         """``(n, K)`` probabilities: given ones as is, the rest from one model call."""
@@ -160,10 +161,10 @@ class Pipeline:
         outbox cannot be written; the batches' results must then not be returned.
         """
         if self.outbox is not None:
-            flags = [f for b in batches for f in flags_from_batch(b, self.spec.class_names)]
-            annotators = self.annotators.add(batches, force=bool(flags))
+            columns = [columns_from_batch(b, self._class_table) for b in batches]
+            annotators = self.annotators.add(batches, force=any(len(c) for c in columns))
             try:
-                self.outbox.write(flags, annotators=annotators)
+                self.outbox.write((), columns=columns, annotators=annotators)
             except OutboxError as exc:
                 self.annotators.give_back(annotators)
                 raise OutboxUnavailable(

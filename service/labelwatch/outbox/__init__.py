@@ -17,7 +17,9 @@ Modules (one per table or concern):
 ``store``
     the connection, its lock, transactions, and whether the file is writable.
 ``flags``
-    ``flags``: every flag once (``flag_id`` dedupes), ``position`` = write order.
+    ``flags``: every flag once (``flag_id`` dedupes), ``position`` = write order,
+    as JSON or as columns (:mod:`labelwatch.flag_columns`), and ``flag_classes``:
+    the class lists the columns' packed class indices refer to.
 ``cursors``
     ``consumers`` and ``acks``: each sink's and WatchFlags consumer's cursor.
 ``dead_letters``

@@ -13,12 +13,11 @@ import sqlite3
 from collections.abc import Iterable
 
 from labelwatch.flag_record import Flag
-from labelwatch.outbox.flags import flag_from_row
+from labelwatch.outbox.flags import FLAG_COLUMNS, FlagRows
 from labelwatch.outbox.records import AckResult, Consumer, ConsumerKind, UnknownConsumer
-from labelwatch.outbox.store import Store
 
 
-class ConsumerCursors(Store):
+class ConsumerCursors(FlagRows):
     """Consumers, their cursors and acks (methods of :class:`~labelwatch.outbox.Outbox`)."""
 
     def consumer(self, kind: ConsumerKind, name: str) -> Consumer | None:
@@ -88,7 +87,7 @@ class ConsumerCursors(Store):
                 raise UnknownConsumer(f"no {kind} consumer named {name!r}")
             start = max(int(row[0]), after)
             rows = conn.execute(
-                "SELECT f.position, f.payload FROM flags f WHERE f.position > ? AND NOT EXISTS "
+                f"SELECT {FLAG_COLUMNS} FROM flags f WHERE f.position > ? AND NOT EXISTS "
                 "(SELECT 1 FROM acks a WHERE a.kind = ? AND a.name = ? AND a.position = f.position)"
                 " ORDER BY f.position LIMIT ?",
                 (start, kind, name, limit),
@@ -99,7 +98,7 @@ class ConsumerCursors(Store):
             else:
                 top = conn.execute("SELECT MAX(position) FROM flags").fetchone()[0]
                 scanned = max(start, int(top or 0))
-        return [flag_from_row(p, payload) for p, payload in rows], scanned
+            return self._decode(conn, rows), scanned
 
     def ack(
         self,

@@ -27,6 +27,11 @@ Versions:
    calibrated error probability) and its annotator, so statistics outlive the
    flag's retention; ``annotators``: examples scored and flagged per annotator.
 5. ``cutoffs``: versions of the per-class cut-offs adapted to verdicts.
+6. flags stored as columns (:mod:`labelwatch.flag_columns`): ``flags`` gets the
+   columns of that form, ``classes`` (NULL: the row holds the flag as JSON in
+   ``payload``, as every row did before) referring to ``flag_classes``, the class
+   lists (JSON arrays of names) the packed class indices refer to. Rows written
+   before keep their JSON and read as before.
 
 To change the schema, append a :class:`Migration` (never edit a released one);
 see the :mod:`labelwatch.outbox` docstring.
@@ -183,6 +188,24 @@ MIGRATIONS: tuple[Migration, ...] = (
                 payload TEXT NOT NULL
             )""",
             "CREATE INDEX cutoffs_model ON cutoffs (model_version, version)",
+        ),
+    ),
+    Migration(
+        6,
+        "flags stored as columns with packed class indices and values (no JSON per flag)",
+        (
+            "CREATE TABLE flag_classes (id INTEGER PRIMARY KEY, names TEXT NOT NULL UNIQUE)",
+            "ALTER TABLE flags ADD COLUMN classes INTEGER",
+            "ALTER TABLE flags ADD COLUMN example_id TEXT",
+            "ALTER TABLE flags ADD COLUMN model_version TEXT",
+            "ALTER TABLE flags ADD COLUMN annotator_id TEXT",
+            "ALTER TABLE flags ADD COLUMN input_text TEXT",
+            "ALTER TABLE flags ADD COLUMN input_kind TEXT",
+            "ALTER TABLE flags ADD COLUMN label_quality REAL",
+            "ALTER TABLE flags ADD COLUMN metadata TEXT",
+            "ALTER TABLE flags ADD COLUMN given BLOB",
+            "ALTER TABLE flags ADD COLUMN issue_classes BLOB",
+            "ALTER TABLE flags ADD COLUMN issue_values BLOB",
         ),
     ),
 )

@@ -62,6 +62,9 @@ class Store:
         self.write_observer: Callable[[float], None] | None = None
         """Called with the seconds each :meth:`write` transaction took (metrics)."""
         self._writable_listeners: list[Callable[[bool], None]] = []
+        self._class_lists: dict[int, tuple[str, ...]] = {}
+        """``flag_classes`` rows seen through this connection, by id (see ``flags``)."""
+        self._class_list_ids: dict[tuple[str, ...], int] = {}
         try:
             self._connect()
         except OutboxError as exc:
@@ -111,6 +114,8 @@ class Store:
                 raise _Locked(str(exc)) from exc
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
         self._conn = conn
+        self._class_lists.clear()  # another file may be behind the new connection
+        self._class_list_ids.clear()
         return conn
 
     @property
