@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,53 @@ def render(sides: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def served_cpu(
+    k_values: Sequence[int], before: Path | None, label: str, duration: float, work: Path
+) -> str:
+    """Server CPU µs per example: ``labelwatch serve`` (thresholds only, K classes), unary
+    batch 64 from 8 client processes, each side's server started in turn, two rounds."""
+    from servebench.clients import CellSpec, ClientPool
+    from servebench.servers import LabelwatchConfig, LabelwatchServer
+    from servebench.workloads import probs_model
+
+    pool = ClientPool(8)
+    sides: list[tuple[str, Path | None]] = [("this", None)]
+    if before is not None:
+        sides.insert(0, (label, before))
+    lines = []
+    for k in k_values:
+        served = probs_model(work / "models", k)
+        cpu: dict[str, list[float]] = {}
+        for _ in range(2):
+            for name, service in sides:
+                saved = os.environ.pop("PYTHONPATH", None)
+                if service is not None:  # the server subprocess inherits it
+                    os.environ["PYTHONPATH"] = str(service)
+                try:
+                    with LabelwatchServer(served, LabelwatchConfig(), work / "srv") as server:
+                        spec = CellSpec(
+                            "labelwatch", server.target, "unary", 64, 8, served.workload, 0.5
+                        )
+                        pool.run(spec)  # warm-up
+                        for _ in range(2):
+                            cpu0 = server.cpu_seconds()
+                            result = pool.run(replace(spec, duration=duration))
+                            used = server.cpu_seconds() - cpu0
+                            cpu.setdefault(name, []).append(used / max(result.examples, 1))
+                finally:
+                    os.environ.pop("PYTHONPATH", None)
+                    if saved is not None:
+                        os.environ["PYTHONPATH"] = saved
+        medians = {name: statistics.median(v) * 1e6 for name, v in cpu.items()}
+        line = f"K={k}: server CPU per example (µs): " + ", ".join(
+            f"{name} {value:.1f}" for name, value in medians.items()
+        )
+        if len(medians) == 2:
+            line += f", ratio {medians['this'] / medians[label]:.2f}x"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--compare", default="main", help="git revision for the 'before' side")
@@ -273,6 +321,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workloads", nargs="+", default=["text", "probs-124", "probs-10"], help="workloads"
     )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument(
+        "--served",
+        metavar="K,K",
+        help="instead: server CPU per example of `labelwatch serve` on the probabilities path "
+        "at these K (unary, batch 64, 8 client processes), each side in turn",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=3.0, help="seconds per --served measurement (3)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -280,6 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rounds: dict[str, list[list[dict[str, Any]]]] = {}
     with tempfile.TemporaryDirectory(prefix="hotpath-rev-") as tmp:
         before = _extract(args.compare, Path(tmp)) if args.compare else None
+        if args.served:
+            ks = [int(k) for k in args.served.split(",")]
+            print(served_cpu(ks, before, args.compare, args.duration, Path(tmp) / "served"))
+            print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+            return 0
         for r in range(args.rounds):
             if before is not None:
                 print(f"round {r + 1}/{args.rounds}: {args.compare}", file=sys.stderr)
