@@ -15,7 +15,7 @@ from collections.abc import (
     Sequence,
 )
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import grpc.aio
@@ -36,6 +36,11 @@ from labelwatch_client.errors import ProtocolMismatch, from_rpc_error
 from labelwatch_client.types import Example, ModelInfo, ScoreResult
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # numpy only for score_batch: imported when it is first called
+    from numpy.typing import ArrayLike
+
+    from labelwatch_client.columnar import BatchResult, Tags
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,6 +88,7 @@ class AsyncLabelwatchClient:
         self._metadata = self._settings.metadata()
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.LabelQualityAsyncStub | None = None
+        self._class_names: tuple[str, ...] | None = None  # the server's, for score_batch
 
     @property
     def target(self) -> str:
@@ -118,6 +124,42 @@ class AsyncLabelwatchClient:
             lambda timeout: stub.Score(request, timeout=timeout, metadata=self._metadata)
         )
         return convert.results_from_response(response)
+
+    async def score_batch(
+        self,
+        ids: Sequence[str],
+        *,
+        probabilities: ArrayLike | None = None,
+        features: ArrayLike | None = None,
+        tags: Tags | None = None,
+        tags_csr: tuple[ArrayLike, ArrayLike] | None = None,
+        annotator_ids: Sequence[str] | None = None,
+        include_probabilities: bool = False,
+    ) -> BatchResult:
+        """Score N examples given as arrays in one ScoreBatch call; see
+        :meth:`LabelwatchClient.score_batch`."""
+        from labelwatch_client import columnar
+
+        if self._class_names is None:  # a reload keeps the classes
+            self._class_names = (await self.model_info()).class_names
+        names = self._class_names
+        request = columnar.batch_request(
+            ids,
+            probabilities=probabilities,
+            features=features,
+            tags=tags,
+            tags_csr=tags_csr,
+            annotator_ids=annotator_ids,
+            include_probabilities=include_probabilities,
+            class_index={name: k for k, name in enumerate(names)},
+        )
+        _, stub = self._open()
+        response = await self._unary(
+            lambda timeout: stub.ScoreBatch(
+                request.message, timeout=timeout, metadata=self._metadata
+            )
+        )
+        return columnar.result_from_response(response, request, names)
 
     async def score_stream(
         self,

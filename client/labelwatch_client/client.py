@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
@@ -28,6 +28,11 @@ from labelwatch_client.errors import from_rpc_error
 from labelwatch_client.types import Example, ModelInfo, ScoreResult
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # numpy only for score_batch: imported when it is first called
+    from numpy.typing import ArrayLike
+
+    from labelwatch_client.columnar import BatchResult, Tags
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,6 +88,7 @@ class LabelwatchClient:
         else:
             self._channel = grpc.insecure_channel(target, options=self._settings.options())
         self._stub = pb_grpc.LabelQualityStub(self._channel)
+        self._class_names: tuple[str, ...] | None = None  # the server's, for score_batch
         self._health = self._channel.unary_unary(
             HEALTH_CHECK_METHOD,
             request_serializer=encode_health_request,
@@ -112,6 +118,55 @@ class LabelwatchClient:
             lambda timeout: self._stub.Score(request, timeout=timeout, metadata=self._metadata)
         )
         return convert.results_from_response(response)
+
+    def score_batch(
+        self,
+        ids: Sequence[str],
+        *,
+        probabilities: ArrayLike | None = None,
+        features: ArrayLike | None = None,
+        tags: Tags | None = None,
+        tags_csr: tuple[ArrayLike, ArrayLike] | None = None,
+        annotator_ids: Sequence[str] | None = None,
+        include_probabilities: bool = False,
+    ) -> BatchResult:
+        """Score N examples given as arrays in one ScoreBatch call (needs ``numpy``).
+
+        ``ids``: N unique ids. Give ``probabilities`` ``(N, K)`` from your own
+        model (float32 arrays travel as float32, others as float64) or
+        ``features`` ``(N, D)`` for the server's float-input model. Tags:
+        ``tags`` (per example, a list of class indices or names; or an ``(N, K)``
+        bool array) or ``tags_csr=(indptr, indices)``; none means "no tags".
+        ``annotator_ids``: N entries or None. The server checks every example
+        as :meth:`score` does, with the same messages, and caps N at its
+        ``--max-batch``. Returns arrays; ``.results()`` gives :meth:`score`'s
+        :class:`ScoreResult` list. Asks for the class names once per client.
+        """
+        from labelwatch_client import columnar
+
+        names = self._names()
+        request = columnar.batch_request(
+            ids,
+            probabilities=probabilities,
+            features=features,
+            tags=tags,
+            tags_csr=tags_csr,
+            annotator_ids=annotator_ids,
+            include_probabilities=include_probabilities,
+            class_index={name: k for k, name in enumerate(names)},
+        )
+        response = self._unary(
+            lambda timeout: self._stub.ScoreBatch(
+                request.message, timeout=timeout, metadata=self._metadata
+            )
+        )
+        return columnar.result_from_response(response, request, names)
+
+    def _names(self) -> tuple[str, ...]:
+        # a model reload keeps the classes (the server refuses one that changes them)
+        if self._class_names is None:
+            self._class_names = self.model_info().class_names
+        return self._class_names
 
     def score_stream(
         self,

@@ -10,6 +10,11 @@ from typing import Protocol
 import grpc
 
 from labelwatch.codec import ExampleDecoder
+from labelwatch.codec.columnar import (
+    check_batch_size,
+    examples_from_batch_request,
+    response_from_scored,
+)
 from labelwatch.codec.proto import check_request_size, examples_from_request, response_from_batch
 from labelwatch.domain import LabeledExample, ScoredBatch
 from labelwatch.errors import DeadlineExpired
@@ -51,27 +56,54 @@ class LabelQualityServicer(pb_grpc.LabelQualityServicer):
         self._max_batch = max_batch
         self._admission = admission
 
-    def _score(
-        self, request: pb.ScoreRequest, context: grpc.ServicerContext, method: str
-    ) -> pb.ScoreResponse:
-        n = check_request_size(request, self._max_batch)
+    def _run(
+        self,
+        n: int,
+        decode: Callable[[], Sequence[LabeledExample]],
+        context: grpc.ServicerContext,
+        method: str,
+    ) -> ScoredBatch:
+        """Admit ``n`` examples, ``decode()`` them, score them within the call's deadline."""
         admission = self._admission
         if admission is not None:
             admission.check_deadline(context, method)
         # admit before converting: at overload, shed requests cost no conversion work
         with admission.admit(n) if admission is not None else contextlib.nullcontext():
-            examples = examples_from_request(request, self._decoder, self._max_batch)
+            examples = decode()
             deadline = None
             if admission is not None:
                 admission.check_deadline(context, method)
                 deadline = admission.monotonic_deadline(context)
             try:
-                batch = self._score_examples(examples, deadline=deadline)
+                return self._score_examples(examples, deadline=deadline)
             except DeadlineExpired:
                 if admission is not None:
                     admission.count_expired(method)
                 raise
-            return response_from_batch(batch, self._class_names, request.include_probabilities)
+
+    def _score(
+        self, request: pb.ScoreRequest, context: grpc.ServicerContext, method: str
+    ) -> pb.ScoreResponse:
+        n = check_request_size(request, self._max_batch)
+        batch = self._run(
+            n,
+            lambda: examples_from_request(request, self._decoder, self._max_batch),
+            context,
+            method,
+        )
+        return response_from_batch(batch, self._class_names, request.include_probabilities)
+
+    def _score_batch(
+        self, request: pb.ScoreBatchRequest, context: grpc.ServicerContext
+    ) -> pb.ScoreBatchResponse:
+        n = check_batch_size(request, self._max_batch)
+        batch = self._run(
+            n,
+            lambda: examples_from_batch_request(request, self._decoder, self._max_batch),
+            context,
+            "ScoreBatch",
+        )
+        return response_from_scored(batch, request.include_probabilities)
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
         return guard(context, "Score", lambda: self._score(request, context, "Score"))
@@ -87,6 +119,11 @@ class LabelQualityServicer(pb_grpc.LabelQualityServicer):
                 "ScoreStream",
                 functools.partial(self._score, request, context, "ScoreStream"),
             )
+
+    def ScoreBatch(
+        self, request: pb.ScoreBatchRequest, context: grpc.ServicerContext
+    ) -> pb.ScoreBatchResponse:
+        return guard(context, "ScoreBatch", lambda: self._score_batch(request, context))
 
     def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
