@@ -8,9 +8,12 @@ checks, in this order:
 1. the request's own structure, naming its fields: N against ``--max-batch``,
    ``kind``/``dtype``, ``rows``/``cols`` against the ids and the model, the byte
    length of ``values``, ``annotator_ids``, the CSR offsets. Every size is
-   checked before anything is allocated: ``values`` is only viewed
-   (``np.frombuffer``, zero-copy) once its length is exactly ``rows * cols``
-   values of a model-sized row, and ``rows`` is at most ``--max-batch``;
+   checked before anything sized by it is allocated: ``rows`` is at most
+   ``--max-batch`` and ``cols`` the model's, and ``values`` is viewed
+   (``np.frombuffer``, zero-copy) only once its length is exactly ``rows *
+   cols`` values. (Reading ``values`` out of the parsed message copies it once,
+   as protobuf does for any bytes field; gRPC bounds it by
+   ``--max-message-bytes`` before the message is parsed.);
 2. each example, vectorized over the batch. The first example with a problem
    is then handed, as :class:`ExampleFields`, to the same
    :class:`ExampleDecoder` every transport uses, so it fails with the same
@@ -136,12 +139,15 @@ def _tensor(
             f"field 'cols': expected {expected} values a row ({unit}), got {request.cols}"
         )
     size = n * expected * dtype.itemsize  # n <= --max-batch, expected is the model's
-    if len(request.values) != size:
+    # reading a bytes field copies it out of the message (bounded by --max-message-bytes):
+    # read it once; the array is a view of that copy
+    data = request.values
+    if len(data) != size:
         raise InvalidExample(
             f"field 'values': expected rows * cols * {dtype.itemsize} = {size} bytes "
-            f"({dtype.name}, little-endian), got {len(request.values)}"
+            f"({dtype.name}, little-endian), got {len(data)}"
         )
-    return np.frombuffer(request.values, dtype=dtype).reshape(n, expected)
+    return np.frombuffer(data, dtype=dtype).reshape(n, expected)
 
 
 def _annotators(request: pb.ScoreBatchRequest, n: int) -> Sequence[str]:
