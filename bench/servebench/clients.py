@@ -45,9 +45,11 @@ _CHANNEL_OPTIONS = [
 class CellSpec:
     """One measurement: ``clients`` clients of ``system`` at ``target``.
 
-    ``mode``: ``unary`` (one call at a time per client) or ``stream`` (one long
-    stream per client with up to ``depth`` messages in flight). ``peer_raw``: the
-    peer's tensors travel as ``raw_input_contents`` bytes, as tritonclient sends them.
+    ``mode``: ``unary`` (one call at a time per client), ``stream`` (one long
+    stream per client with up to ``depth`` messages in flight) or ``columnar``
+    (labelwatch only: unary ScoreBatch calls, probabilities or features as one
+    tensor). ``peer_raw``: the peer's tensors travel as ``raw_input_contents``
+    bytes, as tritonclient sends them.
     """
 
     system: str
@@ -117,6 +119,35 @@ def _labelwatch_requests(rows: Rows, batch: int, offset: int) -> list[Any]:
     return out
 
 
+def _labelwatch_batch_requests(rows: Rows, batch: int, offset: int) -> list[Any]:
+    """ScoreBatch requests: the same rows as :func:`_labelwatch_requests`, as arrays."""
+    from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
+
+    if rows.texts is not None:
+        raise ValueError("ScoreBatch takes probabilities or features, not text")
+    out = []
+    for idx in batch_indices(rows.n, batch):
+        idx = (idx + offset) % rows.n
+        if rows.features is not None:
+            kind, values = pb.TENSOR_KIND_FEATURES, rows.features[idx].astype("<f4")
+        else:
+            assert rows.probs is not None
+            kind, values = pb.TENSOR_KIND_PROBABILITIES, rows.probs[idx].astype("<f4")
+        tags = rows.labels[idx]
+        out.append(
+            pb.ScoreBatchRequest(
+                ids=[f"{j}-{i}" for j, i in enumerate(idx)],
+                kind=kind,
+                rows=len(idx),
+                cols=values.shape[1],
+                values=values.tobytes(),
+                tag_indptr=np.concatenate([[0], np.cumsum(tags.sum(axis=1))]).tolist(),
+                tag_indices=np.nonzero(tags)[1].tolist(),
+            )
+        )
+    return out
+
+
 class _Client:
     """One client: a channel, prebuilt requests, and the call loop of its system and mode."""
 
@@ -135,8 +166,12 @@ class _Client:
             from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
 
             stub = pb_grpc.LabelQualityStub(self.channel)
-            self.requests = _labelwatch_requests(rows, spec.batch, offset)
             self.unary: Callable[..., Any] = stub.Score
+            if spec.mode == "columnar":
+                self.requests = _labelwatch_batch_requests(rows, spec.batch, offset)
+                self.unary = stub.ScoreBatch
+            else:
+                self.requests = _labelwatch_requests(rows, spec.batch, offset)
             self.stream: Callable[..., Iterator[Any]] = stub.ScoreStream
         else:
             from servebench.peer import infer_request, stubs
@@ -154,8 +189,11 @@ class _Client:
     def _after(self, i: int, response: Any) -> None:
         """The client's work on a response: count it; the peers parse (and score) it."""
         if self.spec.system == "labelwatch":
-            if len(response.results) != self.sizes[i]:
-                raise RuntimeError(f"{len(response.results)} results for {self.sizes[i]}")
+            answered = len(
+                response.label_quality if self.spec.mode == "columnar" else response.results
+            )
+            if answered != self.sizes[i]:
+                raise RuntimeError(f"{answered} results for {self.sizes[i]}")
             return
         from servebench.peer import response_probs
 
@@ -175,7 +213,7 @@ class _Client:
         while time.monotonic() < start:
             time.sleep(min(0.001, max(0.0, start - time.monotonic())))
         try:
-            if self.spec.mode == "unary":
+            if self.spec.mode in ("unary", "columnar"):
                 self._run_unary(end, stats)
             else:
                 self._run_stream(end, stats)
