@@ -9,6 +9,7 @@ check sizes before it allocates anything.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import tracemalloc
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,7 @@ from labelwatch_client import (
     PermissionDenied,
     Unauthenticated,
 )
+from labelwatch_client.cli import main as client_main
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
 from support_security import bearer, make_tokens
@@ -509,3 +511,71 @@ def test_reflection_describes_score_batch(server: RunningServer) -> None:
         method = pool.FindServiceByName("labelwatch.v1.LabelQuality").FindMethodByName("ScoreBatch")
         assert method.input_type.full_name == "labelwatch.v1.ScoreBatchRequest"
         assert method.output_type.full_name == "labelwatch.v1.ScoreBatchResponse"
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+
+def _score_batch_calls(srv: RunningServer) -> float:
+    labels = {
+        "grpc_service": "labelwatch.v1.LabelQuality",
+        "grpc_method": "ScoreBatch",
+        "grpc_type": "unary",
+    }
+    return srv.engine.registry.get_sample_value("grpc_server_started_total", labels) or 0.0
+
+
+def test_cli_sends_probabilities_through_score_batch_with_scores_results(
+    server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    probs, tags = _batch_of(10, seed=17)
+    examples = [
+        Example(
+            f"c-{i}",
+            probabilities=probs[i].astype(np.float64).tolist(),
+            labels=[CLASS_NAMES[k] for k in tags[i]],
+            annotator_id=f"ann-{i % 2}",
+        )
+        for i in range(10)
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": ex.id,
+                    "probabilities": ex.probabilities,
+                    "labels": ex.labels,
+                    "annotator_id": ex.annotator_id,
+                }
+            )
+            + "\n"
+            for ex in examples
+        )
+    )
+    before = _score_batch_calls(server)
+    argv = ["score", "--target", target_of(server), "--input", str(source), "--batch-size", "4"]
+    assert client_main(argv) == 0
+    out, _ = capsys.readouterr()
+    assert _score_batch_calls(server) == before + 3
+    with LabelwatchClient(target_of(server)) as client:
+        expected = client.score(examples)
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"index": i, **r.to_json()} for i, r in enumerate(expected)
+    ]
+
+
+def test_cli_bad_tag_gets_scores_message(
+    server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        '{"id": "ok", "probabilities": [0.5, 0.5, 0.5, 0.5, 0.5]}\n'
+        '{"id": "x3", "probabilities": [0.5, 0.5, 0.5, 0.5, 0.5], "label_indices": [1, 7]}\n'
+    )
+    before = _score_batch_calls(server)
+    assert client_main(["score", "--target", target_of(server), "--input", str(source)]) == 1
+    _, err = capsys.readouterr()
+    assert _score_batch_calls(server) == before + 1
+    message = "example 'x3': field 'label_indices': index 7 is out of range [0, 5)"
+    assert f"(INVALID_ARGUMENT): {message}" in err
