@@ -269,3 +269,11 @@ def test_ingest_cell_times_a_consumer_and_samples_its_lag(tmp_path: Path) -> Non
     assert ingest.median_ratio(pairs) == pytest.approx(0.85)
     assert "| median |" in ingest.pairs_table(pairs)
     assert ingest.lag_table(lag).count("\n") >= 2
+
+
+def test_columnar_bench_measures_both_methods(tmp_path: Path) -> None:
+    import columnar
+
+    cost = columnar.measure(7, batch=8, clients=2, repeats=1, duration=0.3, work=tmp_path)
+    assert set(cost) == {"Score", "ScoreBatch"}
+    assert all(value > 0 and math.isfinite(value) for value in cost.values())

@@ -8,8 +8,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from labelwatch_client import Example, LabelwatchClient
 from support_server import server_process
 
 # slow: npm install and a Node.js client
@@ -79,3 +81,54 @@ def test_node_client_gets_the_servers_error(node_example: Path, tmp_path: Path) 
         )
     assert done.returncode == 1
     assert "'x'" in done.stderr and "'no-such-tag'" in done.stderr
+
+
+def test_node_client_sends_probabilities_through_score_batch(
+    node_example: Path, tmp_path: Path
+) -> None:
+    with server_process([]) as server:
+        with LabelwatchClient(server.target) as client:
+            names = client.model_info().class_names
+            # float32 values: what score.js packs is exactly what Score is sent here
+            probs = np.full((3, len(names)), 0.001, dtype=np.float32)
+            probs[:, names.index("role::program")] = 0.97
+            tags = [["role::program"], ["role::program", "game::arcade"], []]
+            examples = [
+                Example(f"n{i}", probabilities=probs[i].astype(np.float64).tolist(), labels=t)
+                for i, t in enumerate(tags)
+            ]
+            expected = client.score(examples)
+        data = tmp_path / "probs.jsonl"
+        data.write_text(
+            "".join(
+                json.dumps({"id": ex.id, "probabilities": ex.probabilities, "labels": ex.labels})
+                + "\n"
+                for ex in examples
+            )
+        )
+        done = subprocess.run(
+            ["node", "score.js", server.target, str(data)],
+            cwd=node_example,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert all("suggested_labels" not in r for r in results)  # ScoreBatch's arrays, per example
+    assert [r["id"] for r in results] == ["n0", "n1", "n2"]
+    assert [r["label_quality"] for r in results] == [r.label_quality for r in expected]
+    assert [r["is_issue"] for r in results] == [r.is_issue for r in expected]
+    assert any(r["is_issue"] for r in results)
+    for got, want in zip(results, expected, strict=True):
+        assert got["issues"] == [
+            {
+                "label": i.label,
+                "class_index": i.class_index,
+                "kind": f"ISSUE_KIND_{i.kind.value}",
+                "probability": i.probability,
+                "threshold": i.threshold,
+                "error_probability": i.error_probability,
+            }
+            for i in want.issues
+        ]

@@ -28,8 +28,8 @@ Manage the bearer tokens a labelwatch server accepts (`labelwatch serve --auth-t
   labelwatch token create --role score --name labeling-ui --file tokens.jsonl
   labelwatch token list --file tokens.jsonl
 
-Roles: score (LabelQuality: Score, ScoreStream, GetModelInfo), watch (FlagFeed:
-WatchFlags, AckFlags), admin (everything). The file holds SHA-256 hashes only;
+Roles: score (LabelQuality: Score, ScoreStream, ScoreBatch, GetModelInfo), watch
+(FlagFeed: WatchFlags, AckFlags), admin (everything). The file holds SHA-256 hashes only;
 the token is shown once, when it is created. To revoke a token, delete its line
 and restart the server. FILE defaults to ${_DEFAULT_FILE_ENV}, else tokens.jsonl.
 """

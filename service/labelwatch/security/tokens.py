@@ -42,7 +42,7 @@ _FIELDS = frozenset({"name", "sha256", "roles", "created_at"})
 class Role(enum.Enum):
     """What a token may call. ``admin`` may call everything."""
 
-    SCORE = "score"  # labelwatch.v1.LabelQuality: Score, ScoreStream, GetModelInfo
+    SCORE = "score"  # labelwatch.v1.LabelQuality: Score, ScoreStream, ScoreBatch, GetModelInfo
     WATCH = "watch"  # labelwatch.v1.FlagFeed: WatchFlags, AckFlags
     ADMIN = "admin"  # any other service, and every role above
 
