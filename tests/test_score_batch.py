@@ -579,3 +579,92 @@ def test_cli_bad_tag_gets_scores_message(
     assert _score_batch_calls(server) == before + 1
     message = "example 'x3': field 'label_indices': index 7 is out of range [0, 5)"
     assert f"(INVALID_ARGUMENT): {message}" in err
+
+
+# --- the client's packing, without a server --------------------------------------------------
+
+
+def _pack(**given: Any) -> Any:
+    from labelwatch_client.columnar import batch_request
+
+    arguments: dict[str, Any] = {
+        "probabilities": None,
+        "features": None,
+        "tags": None,
+        "tags_csr": None,
+        "annotator_ids": None,
+        "include_probabilities": False,
+        "class_index": {name: k for k, name in enumerate(CLASS_NAMES)},
+    }
+    arguments.update(given)
+    return batch_request(["a", "b"], **arguments)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({}, "give one of probabilities"),
+        (
+            {"probabilities": np.zeros((2, K)), "features": np.zeros((2, 4))},
+            "give one of probabilities",
+        ),
+        ({"probabilities": np.zeros((3, K))}, "N = 2 ids"),
+        ({"probabilities": np.zeros((2, K)), "tags": [[0]]}, "1 lists for 2 ids"),
+        ({"probabilities": np.zeros((2, K)), "tags": [["cat"], ["unicorn"]]}, "'unicorn'"),
+        (
+            {
+                "probabilities": np.zeros((2, K)),
+                "tags": [[0], [1]],
+                "tags_csr": ([0, 1, 2], [0, 1]),
+            },
+            "not both",
+        ),
+    ],
+)
+def test_client_refuses_what_it_cannot_pack(given: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _pack(**given)
+
+
+def test_client_packs_float32_as_float32_and_the_rest_as_float64() -> None:
+    as32 = _pack(probabilities=np.full((2, K), 0.5, dtype=np.float32)).message
+    as64 = _pack(probabilities=[[0.5] * K, [0.25] * K]).message
+    assert (as32.dtype, len(as32.values)) == (pb.TENSOR_DTYPE_FLOAT32, 2 * K * 4)
+    assert (as64.dtype, len(as64.values)) == (pb.TENSOR_DTYPE_FLOAT64, 2 * K * 8)
+    features = _pack(features=np.ones((2, 4))).message
+    assert (features.kind, features.dtype) == (pb.TENSOR_KIND_FEATURES, pb.TENSOR_DTYPE_FLOAT32)
+    tags = _pack(probabilities=np.zeros((2, K)), tags=[[2, 0, 2], ["dog"]]).message
+    assert (list(tags.tag_indptr), list(tags.tag_indices)) == ([0, 2, 3], [0, 2, 1])
+    untagged = _pack(probabilities=np.zeros((2, K))).message
+    assert (list(untagged.tag_indptr), list(untagged.tag_indices)) == ([], [])
+
+
+def test_a_response_that_does_not_fit_the_request_is_a_protocol_mismatch() -> None:
+    from labelwatch_client import ProtocolMismatch
+    from labelwatch_client.columnar import result_from_response
+
+    request = _pack(probabilities=np.zeros((2, K)))
+    good = pb.ScoreBatchResponse(
+        label_quality=[0.5, 0.5],
+        issue_indptr=[0, 1, 1],
+        issue_class_index=[3],
+        issue_kind=[pb.ISSUE_KIND_MISSING],
+        issue_probability=[0.9],
+        issue_threshold=[0.7],
+    )
+    result = result_from_response(good, request, CLASS_NAMES)
+    assert [i.label for i in result.issues(0)] == [CLASS_NAMES[3]]
+    assert result.issue_error_probability is None
+    for broken in (
+        pb.ScoreBatchResponse(label_quality=[0.5]),
+        pb.ScoreBatchResponse(
+            label_quality=[0.5, 0.5],
+            issue_indptr=[0, 1, 1],
+            issue_class_index=[3],
+            issue_kind=[pb.ISSUE_KIND_UNSPECIFIED],
+            issue_probability=[0.9],
+            issue_threshold=[0.7],
+        ),
+    ):
+        with pytest.raises(ProtocolMismatch):
+            result_from_response(broken, request, CLASS_NAMES)

@@ -206,10 +206,14 @@ def result_from_response(
     indptr = np.array(response.issue_indptr, dtype=np.int64)
     m = len(response.issue_class_index)
     kinds = np.array(response.issue_kind, dtype=np.int64)
+    classes = np.array(response.issue_class_index, dtype=np.int64)
     well_formed = (
         len(response.label_quality) == n
         and indptr.shape == (n + 1,)
+        and indptr[0] == 0
         and indptr[-1] == m
+        and bool((np.diff(indptr) >= 0).all())
+        and bool(((classes >= 0) & (classes < k)).all())
         and len(kinds) == m == len(response.issue_probability) == len(response.issue_threshold)
         and len(response.issue_error_probability) in (0, m)
         and np.isin(kinds, (pb.ISSUE_KIND_MISSING, pb.ISSUE_KIND_SPURIOUS)).all()
@@ -229,7 +233,7 @@ def result_from_response(
         ids=request.ids,
         label_quality=np.array(response.label_quality, dtype=np.float64),
         issue_indptr=indptr,
-        issue_class_index=np.array(response.issue_class_index, dtype=np.int64),
+        issue_class_index=classes,
         issue_is_missing=kinds == pb.ISSUE_KIND_MISSING,
         issue_probability=np.array(response.issue_probability, dtype=np.float64),
         issue_threshold=np.array(response.issue_threshold, dtype=np.float64),
