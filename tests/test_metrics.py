@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -353,6 +354,15 @@ class Workload:
     batches: list[int]
 
 
+def _wait_for_stream_count(registry: CollectorRegistry, timeout: float = 30.0) -> None:
+    """Poll until ScoreStream's one call is in ``grpc_server_handled_total`` (any code)."""
+    labels = {"grpc_service": SERVICE, "grpc_method": "ScoreStream", "grpc_type": "bidi_stream"}
+    deadline = time.monotonic() + timeout
+    while registry.get_sample_value("grpc_server_handling_seconds_count", labels) is None:
+        assert time.monotonic() < deadline, f"ScoreStream not counted after {timeout} s"
+        time.sleep(0.01)
+
+
 @pytest.fixture(scope="module")
 def workload(artifact_path: Path) -> Iterator[Workload]:
     """Score 3 unary batches (10 + 25 + 5), a 2-message stream (7 + 8), one invalid request."""
@@ -371,6 +381,8 @@ def workload(artifact_path: Path) -> Iterator[Workload]:
                 _request(probs[47:], labels[47:], 47),
             ]
             assert len(list(stub.ScoreStream(iter(stream)))) == 2
+            # a stream that ended normally is counted at its termination, just after its end
+            _wait_for_stream_count(server.metrics.registry)
             bad = pb.ScoreRequest(
                 examples=[pb.Example(id="bad", probabilities=pb.Probabilities(values=[1.5] * 5))]
             )

@@ -7,6 +7,7 @@ Series follow the names operators already chart (go-grpc-prometheus):
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,19 +27,17 @@ _TYPES = {
 def _client_cancelled(context: grpc.ServicerContext) -> bool:
     """Whether the call ended without its status reaching the client (cancel, deadline, drop).
 
-    grpcio records this on the call's private state (``client == "cancelled"``) before it
-    runs the termination callbacks; without that attribute, ``is_active()`` is the best
-    public answer (it can still say True for a cancel that is on its way).
+    grpcio keeps this on the call's private state (``client == "cancelled"``), final by the
+    time termination callbacks run; ``is_active()`` is the public fallback.
     """
-    state = getattr(context, "_state", None)
-    client = getattr(state, "client", None)
+    client = getattr(getattr(context, "_state", None), "client", None)
     if isinstance(client, str):
         return client == "cancelled"
     return not context.is_active()
 
 
 def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
-    """The status the call ended with, as the client saw it (call from its termination)."""
+    """The status the call ended with, as the client saw it."""
     code = getattr(context, "code", lambda: None)()  # grpcio >= 1.38; absent from the stubs
     if isinstance(code, grpc.StatusCode):
         return str(code.name)
@@ -46,6 +45,47 @@ def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
         remaining = context.time_remaining()
         return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
     return "UNKNOWN" if failed else "OK"
+
+
+class _CallEnd:
+    """Counts one call's end exactly once, with its duration in seconds.
+
+    A unary call is counted when its handler returns. A stream that ends normally is
+    counted at the call's termination: a client's cancel first ends the request stream
+    (the handler may then finish normally) and only later marks the call cancelled. A
+    handler can also never end: grpcio stops pulling a response stream whose client
+    cancelled and leaves the generator to the garbage collector; termination counts that.
+    """
+
+    def __init__(self, context: grpc.ServicerContext, record: Callable[[str, float], None]) -> None:
+        self._context = context
+        self._record = record
+        self._started = time.perf_counter()
+        self._lock = threading.Lock()
+        self._counted = False
+        self._failed = True
+        self._watching = context.add_callback(self._terminated)  # False: already over
+
+    def handler_ended(self, *, failed: bool) -> None:
+        """Count now (the handler raised, or the call is unary)."""
+        self._count(_code_name(self._context, failed))
+
+    def stream_ended(self) -> None:
+        """The response stream ended normally: count at termination (now if it is over)."""
+        self._failed = False
+        if not self._watching:
+            self._count(_code_name(self._context, failed=False))
+
+    def _terminated(self) -> None:
+        if not self._counted:
+            self._count(_code_name(self._context, self._failed))
+
+    def _count(self, code: str) -> None:
+        with self._lock:
+            if self._counted:
+                return
+            self._counted = True
+        self._record(code, time.perf_counter() - self._started)
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
@@ -68,45 +108,34 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         labels = (service, method, rpc_type)
         metrics = self._metrics
 
-        def finish(started: float, context: grpc.ServicerContext, failed: bool) -> None:
-            """Observe the duration now; count the status once the call has terminated.
-
-            A handler can end normally while its call is being cancelled (a stream whose
-            request iterator ran dry as the client cancelled): only at termination does
-            grpcio know which, so the count waits for the termination callback.
-            """
-            metrics.grpc_handling_seconds.labels(*labels).observe(time.perf_counter() - started)
-
-            def count() -> None:
-                metrics.grpc_handled.labels(*labels, _code_name(context, failed)).inc()
-
-            if not context.add_callback(count):  # already terminated: its state is final
-                count()
+        def record(code: str, seconds: float) -> None:
+            metrics.grpc_handled.labels(*labels, code).inc()
+            metrics.grpc_handling_seconds.labels(*labels).observe(seconds)
 
         def unary_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
                 metrics.grpc_started.labels(*labels).inc()
-                started = time.perf_counter()
+                end = _CallEnd(context, record)
                 failed = True
                 try:
                     response = behavior(request, context)
                     failed = False
                     return response
                 finally:
-                    finish(started, context, failed)
+                    end.handler_ended(failed=failed)
 
             return wrapper
 
         def stream_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 metrics.grpc_started.labels(*labels).inc()
-                started = time.perf_counter()
-                failed = True
+                end = _CallEnd(context, record)
                 try:
                     yield from behavior(request, context)
-                    failed = False
-                finally:
-                    finish(started, context, failed)
+                except BaseException:
+                    end.handler_ended(failed=True)
+                    raise
+                end.stream_ended()
 
             return wrapper
 
