@@ -19,6 +19,7 @@ TRANSPORTS = (
     "labelwatch.grpc",
     "labelwatch.ingest",
     "labelwatch.ingest_app",
+    "labelwatch.ingest_fetch",
     "labelwatch.ingest_messages",
     "labelwatch.ingest_publish",
     "labelwatch.labelstudio",

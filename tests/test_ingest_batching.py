@@ -343,7 +343,9 @@ def test_a_consumer_killed_between_publish_and_ack_loses_and_duplicates_nothing(
         wait_until(lambda: result_count(nats.url) >= n, 60, f"{n} results", interval=0.2)
         wait_until(lambda: state(nats.url)["stream_messages"] == 0, 20, "every input acked")
         assert survivor.terminate() == 0
-    assert survivor.processed() == n  # the killed batch came back and was scored again
+    # every input, the killed batch included, was acked by the survivor (more than n if
+    # the 1 s ack wait also ran out on some in its hands: at least once, never lost)
+    assert survivor.processed() >= n
     results = outputs(nats.url, RESULTS)
     assert len(results) == n  # the repeated results were dropped as duplicates
     assert sorted(r.body["id"] for r in results) == sorted(ex.id for ex in exs)

@@ -1,8 +1,9 @@
 """Consume labeled examples from NATS JetStream, score them, publish results, ack.
 
-One :class:`StreamConsumer` holds a durable pull consumer on the input stream.
-Any number of processes using the same durable name share the messages
-(JetStream hands each message to one of them). For every fetched batch:
+One :class:`StreamConsumer` holds a durable pull consumer on the input stream
+(pulled by :class:`~labelwatch.ingest_fetch.PullFetcher`). Any number of
+processes using the same durable name share the messages (JetStream hands each
+message to one of them). For every fetched batch:
 
 1. each message is decoded (:mod:`labelwatch.ingest_messages`) and validated
    by the codec every transport shares (:class:`~labelwatch.codec.ExampleDecoder`);
@@ -53,12 +54,13 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, PubAck, RetentionPolicy, StreamConfig
+from nats.js.api import PubAck, RetentionPolicy, StreamConfig
 
 from labelwatch.codec import DEFAULT_LIMITS, ExampleDecoder
 from labelwatch.config import mask_url
 from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import ErrorCode, PublicError, WrongInputKind
+from labelwatch.ingest_fetch import PullFetcher, ensure_durable
 from labelwatch.ingest_messages import dead_letter_json, fields_from_message, results_json
 from labelwatch.ingest_publish import BatchPublisher
 from labelwatch.metrics import IngestMetrics
@@ -176,7 +178,7 @@ class StreamConsumer:
                 o.dead_letter_subject,
             )
 
-    async def _connect(self) -> tuple[Client, JetStreamContext.PullSubscription]:
+    async def _connect(self) -> tuple[Client, JetStreamContext, PullFetcher]:
         o = self.options
         try:
             # the client retries an unreachable server forever: bound the first connect
@@ -198,23 +200,16 @@ class StreamConsumer:
             ) from exc
         js = nc.jetstream(timeout=o.publish_timeout_seconds)
         await self._ensure_streams(js)
-        psub = await js.pull_subscribe(
-            o.subject,
-            durable=o.durable,
-            stream=o.stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=o.ack_wait_seconds,
-                max_ack_pending=-1,
-            ),
-        )
-        return nc, psub
+        await ensure_durable(js, o.stream, o.durable, o.subject, o.ack_wait_seconds)
+        fetcher = PullFetcher(nc, o.stream, o.durable)
+        await fetcher.start()
+        return nc, js, fetcher
 
     # -- main loop ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], object] | None = None) -> None:
         """Fetch and process until ``stop`` is set, then drain what is in hand."""
-        nc, psub = await self._connect()
+        nc, js, fetcher = await self._connect()
         self._publisher = BatchPublisher(nc, self.options.publish_timeout_seconds)
         await self._publisher.start()
         log.info(
@@ -230,13 +225,13 @@ class StreamConsumer:
         )
         if on_ready is not None:
             on_ready()
-        lag = asyncio.create_task(self._watch_lag(psub, stop))
+        lag = asyncio.create_task(self._watch_lag(js, stop))
         try:
-            await self._fetch_until(stop, psub)
+            await self._fetch_until(stop, fetcher)
         finally:
             lag.cancel()
             await asyncio.gather(lag, return_exceptions=True)
-            await self._drain(psub)
+            await self._drain(fetcher)
             with contextlib.suppress(Exception):
                 await nc.flush(timeout=5)
             await nc.close()
@@ -248,9 +243,7 @@ class StreamConsumer:
             self.stats.abandoned,
         )
 
-    async def _fetch_until(
-        self, stop: asyncio.Event, psub: JetStreamContext.PullSubscription
-    ) -> None:
+    async def _fetch_until(self, stop: asyncio.Event, fetcher: PullFetcher) -> None:
         o = self.options
         while not stop.is_set():
             free = o.max_inflight - self._in_flight
@@ -260,9 +253,9 @@ class StreamConsumer:
                     await asyncio.wait_for(self._slot_freed.wait(), o.fetch_timeout_seconds)
                 continue
             try:
-                msgs = await psub.fetch(min(o.batch, free), timeout=o.fetch_timeout_seconds)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                continue  # nothing to fetch (nats-py raises either, depending on the path)
+                msgs = await fetcher.fetch(min(o.batch, free), o.fetch_timeout_seconds)
+            except nats.errors.TimeoutError:
+                continue  # nothing to fetch
             except (nats.errors.Error, OSError) as exc:
                 log.warning("event=fetch_failed error=%r", exc)
                 await asyncio.sleep(min(1.0, o.fetch_timeout_seconds))
@@ -284,13 +277,11 @@ class StreamConsumer:
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
 
-    async def _watch_lag(
-        self, psub: JetStreamContext.PullSubscription, stop: asyncio.Event
-    ) -> None:
+    async def _watch_lag(self, js: JetStreamContext, stop: asyncio.Event) -> None:
         """Every ``lag_interval_seconds``: the durable's pending and ack-pending counts."""
         while not stop.is_set():
             try:
-                info = await psub.consumer_info()
+                info = await js.consumer_info(self.options.stream, self.options.durable)
             except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
                 log.debug("event=consumer_info_failed error=%r", exc)
             else:
@@ -299,7 +290,7 @@ class StreamConsumer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.options.lag_interval_seconds)
 
-    async def _drain(self, psub: JetStreamContext.PullSubscription) -> None:
+    async def _drain(self, fetcher: PullFetcher) -> None:
         """Finish the batches in hand within the grace; nak what is left."""
         if self._tasks:
             log.info("event=draining in_flight=%d", self._in_flight)
@@ -319,7 +310,10 @@ class StreamConsumer:
                     abandoned,
                 )
         with contextlib.suppress(Exception):
-            await psub.unsubscribe()
+            await fetcher.stop()
+        for msg in fetcher.leftovers():  # delivered late, never handed out: back at once
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak()
 
     def _take(self, n: int) -> None:
         self._in_flight += n
