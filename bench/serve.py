@@ -258,6 +258,7 @@ def section_grid(
                 for mode, batch, clients in plan.cells:
                     cell_systems = [s for s in systems if s != "peer" or mode in CLEANLAB_MODES]
                     results: dict[str, list[CellResult]] = {s: [] for s in cell_systems}
+                    cpu_us: dict[str, list[float]] = {"labelwatch": []}
                     for repeat in range(plan.repeats):
                         for system in cell_systems:
                             if system == "peer" and repeat >= plan.cleanlab_repeats:
@@ -271,7 +272,11 @@ def section_grid(
                                 model.workload,
                                 plan.duration,
                             )
+                            cpu0 = lw.cpu_seconds() if system == "labelwatch" else 0.0
                             results[system].append(run_cell(pool, spec))
+                            if system == "labelwatch":
+                                answered = max(results[system][-1].examples, 1)
+                                cpu_us[system].append((lw.cpu_seconds() - cpu0) / answered * 1e6)
                     row: dict[str, Any] = {
                         "model": model.name,
                         "workers": workers,
@@ -283,6 +288,10 @@ def section_grid(
                     for system in cell_systems:
                         summaries[system] = summarize(results[system])
                         row[system] = summaries[system].as_dict()
+                    # server CPU per example: comparable with the limit's on a shared machine
+                    row["labelwatch_cpu_us_per_example"] = sorted(cpu_us["labelwatch"])[
+                        len(cpu_us["labelwatch"]) // 2
+                    ]
                     lw_rate = summaries["labelwatch"].examples_per_s
                     if "peer" in summaries:
                         row["labelwatch_over_peer"] = ratio(

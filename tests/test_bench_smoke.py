@@ -67,6 +67,7 @@ def test_limit_measures_model_and_scoring_in_process(tiny_float: ServedModel) ->
     assert row.model == "float" and row.batch == 4 and row.calls > 0
     assert row.examples_per_s > 0 and 0 < row.p50_ms <= row.p99_ms
     assert row.callers == 1 and row.intra_op_threads == cores()
+    assert row.cpu_us_per_example > 0
 
 
 def test_the_limit_is_the_best_median_over_concurrent_callers(tiny_float: ServedModel) -> None:
@@ -141,7 +142,7 @@ def test_labelwatch_cells_unary_and_stream_produce_rows(
     json.dumps(row)  # the JSON output must accept every row
     table = grid_table([row]).splitlines()
     assert len(table) == 3
-    assert {line.count("|") for line in table} == {14}
+    assert {line.count("|") for line in table} == {15}
 
 
 def test_thresholds_only_server_scores_client_probabilities(

@@ -40,7 +40,8 @@ class LimitResult:
     """One in-process measurement: throughput and per-call latency of ``batch`` rows.
 
     ``callers``: concurrent callers; ``intra_op_threads``: onnxruntime threads per call
-    (0 for a thresholds-only model, which makes no model call).
+    (0 for a thresholds-only model, which makes no model call); ``cpu_us_per_example``: this
+    process's CPU time per example (robust to other load on shared cores, unlike the rate).
     """
 
     model: str
@@ -51,6 +52,7 @@ class LimitResult:
     calls: int
     callers: int = 1
     intra_op_threads: int = 0
+    cpu_us_per_example: float = float("nan")
 
 
 def cores() -> int:
@@ -163,7 +165,9 @@ def measure_limit(
 
     for i in range(len(feeds)):  # warm-up: first runs allocate
         once(i)
+    cpu0 = time.process_time()
     latencies, elapsed = _run_callers(callers, duration, once)
+    cpu = time.process_time() - cpu0
     return LimitResult(
         model=served.name,
         batch=batch,
@@ -173,6 +177,7 @@ def measure_limit(
         calls=len(latencies),
         callers=callers,
         intra_op_threads=intra if session is not None else 0,
+        cpu_us_per_example=cpu / max(len(latencies) * batch, 1) * 1e6,
     )
 
 

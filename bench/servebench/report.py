@@ -86,6 +86,13 @@ def fmt_ms(x: float | None) -> str:
     return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
 
 
+def fmt_us(x: float | None) -> str:
+    """Microseconds for a table (``-`` when unknown)."""
+    if x is None or math.isnan(x):
+        return "-"
+    return f"{x:.1f}" if x < 10 else f"{x:,.0f}"
+
+
 def fmt_ratio(x: float | None) -> str:
     """A ratio for a table, e.g. ``0.93x``."""
     return "n/a" if x is None else f"{x:.2f}x"
@@ -130,6 +137,7 @@ def grid_table(grid: Sequence[dict[str, Any]]) -> str:
         "clients",
         "labelwatch ex/s",
         "p50 / p99 ms",
+        "server CPU µs/ex",
         "÷ limit",
         "MLServer+cleanlab ex/s",
         "p50 / p99 ms",
@@ -150,6 +158,7 @@ def grid_table(grid: Sequence[dict[str, Any]]) -> str:
                 str(r["clients"]),
                 fmt_rate(lw) + _flag_errors(r, "labelwatch"),
                 fmt_lat(r, "labelwatch"),
+                fmt_us(r.get("labelwatch_cpu_us_per_example")),
                 fmt_ratio(r.get("labelwatch_over_limit")),
                 fmt_rate(_rate(r, "peer")) + _flag_errors(r, "peer"),
                 fmt_lat(r, "peer"),
@@ -176,10 +185,20 @@ def limit_table(limits: Sequence[dict[str, Any]]) -> str:
             fmt_rate(x["examples_per_s"]) + (" **limit**" if x.get("best") else ""),
             fmt_ms(x["p50_ms"]),
             fmt_ms(x["p99_ms"]),
+            fmt_us(x.get("cpu_us_per_example")),
         ]
         for x in limits
     ]
-    header = ["model", "batch", "callers", "intra-op threads each", "ex/s", "p50 ms", "p99 ms"]
+    header = [
+        "model",
+        "batch",
+        "callers",
+        "intra-op threads each",
+        "ex/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU µs/example",
+    ]
     return markdown(header, rows)
 
 
