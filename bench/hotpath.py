@@ -4,7 +4,7 @@ What the server does for one unary ``Score`` call, stage by stage, without gRPC:
 
     convert    examples_from_request (protobuf -> validated examples)
     model      the model call (Pipeline._probabilities; a copy on the probabilities path)
-    score      thresholds and pooling (Pipeline.compute minus the model call)
+    score      thresholds and pooling (Pipeline.compute, its model call replaced by the result)
     flag_rows  the outbox rows of the batch's flags, built from the batch arrays
     write      the outbox transaction that stores them (SQLite WAL, synchronous=NORMAL)
     response   response_from_batch (domain -> protobuf)
@@ -140,10 +140,13 @@ def profile(name: str, batch: int, batches: int, work: Path) -> dict[str, Any]:
         t0 = clock()
         examples = examples_from_request(request, decoder, 4096)
         t1 = clock()
-        pipeline._probabilities(examples)
+        probabilities = pipeline._probabilities(examples)
+        # compute() without its model call: the probabilities just computed stand in for it
+        pipeline._probabilities = lambda _examples, p=probabilities: p
         t2 = clock()
         scored = pipeline.compute(examples)
         t3 = clock()
+        del pipeline._probabilities
         built = build(scored)
         t4 = clock()
         write(outbox, built)
@@ -156,7 +159,7 @@ def profile(name: str, batch: int, batches: int, work: Path) -> dict[str, Any]:
             continue
         for stage, seconds in zip(
             STAGES,
-            (t1 - t0, t2 - t1, max(0.0, (t3 - t2) - (t2 - t1)), t4 - t3, t5 - t4, t6 - t5, t7 - t6),
+            (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6),
             strict=True,
         ):
             times[stage].append(seconds)
@@ -264,50 +267,60 @@ def render(sides: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def _served_round(
+    pool: Any, served: Any, service: Path | None, duration: float, work: Path
+) -> list[float]:
+    """Server CPU seconds per example, twice, of one server run with ``service`` (None: this)."""
+    from servebench.clients import CellSpec
+    from servebench.servers import LabelwatchConfig, LabelwatchServer
+
+    saved = os.environ.pop("PYTHONPATH", None)
+    if service is not None:  # the server subprocess inherits it
+        os.environ["PYTHONPATH"] = str(service)
+    out = []
+    try:
+        with LabelwatchServer(served, LabelwatchConfig(), work / "srv") as server:
+            spec = CellSpec("labelwatch", server.target, "unary", 64, 8, served.workload, 0.5)
+            pool.run(spec)  # warm-up
+            for _ in range(2):
+                cpu0 = server.cpu_seconds()
+                result = pool.run(replace(spec, duration=duration))
+                out.append((server.cpu_seconds() - cpu0) / max(result.examples, 1))
+    finally:
+        os.environ.pop("PYTHONPATH", None)
+        if saved is not None:
+            os.environ["PYTHONPATH"] = saved
+    return out
+
+
 def served_cpu(
     k_values: Sequence[int], before: Path | None, label: str, duration: float, work: Path
 ) -> str:
     """Server CPU µs per example: ``labelwatch serve`` (thresholds only, K classes), unary
     batch 64 from 8 client processes, each side's server started in turn, two rounds."""
-    from servebench.clients import CellSpec, ClientPool
-    from servebench.servers import LabelwatchConfig, LabelwatchServer
+    from servebench.clients import ClientPool
     from servebench.workloads import probs_model
 
-    pool = ClientPool(8)
     sides: list[tuple[str, Path | None]] = [("this", None)]
     if before is not None:
         sides.insert(0, (label, before))
     lines = []
-    for k in k_values:
-        served = probs_model(work / "models", k)
-        cpu: dict[str, list[float]] = {}
-        for _ in range(2):
-            for name, service in sides:
-                saved = os.environ.pop("PYTHONPATH", None)
-                if service is not None:  # the server subprocess inherits it
-                    os.environ["PYTHONPATH"] = str(service)
-                try:
-                    with LabelwatchServer(served, LabelwatchConfig(), work / "srv") as server:
-                        spec = CellSpec(
-                            "labelwatch", server.target, "unary", 64, 8, served.workload, 0.5
-                        )
-                        pool.run(spec)  # warm-up
-                        for _ in range(2):
-                            cpu0 = server.cpu_seconds()
-                            result = pool.run(replace(spec, duration=duration))
-                            used = server.cpu_seconds() - cpu0
-                            cpu.setdefault(name, []).append(used / max(result.examples, 1))
-                finally:
-                    os.environ.pop("PYTHONPATH", None)
-                    if saved is not None:
-                        os.environ["PYTHONPATH"] = saved
-        medians = {name: statistics.median(v) * 1e6 for name, v in cpu.items()}
-        line = f"K={k}: server CPU per example (µs): " + ", ".join(
-            f"{name} {value:.1f}" for name, value in medians.items()
-        )
-        if len(medians) == 2:
-            line += f", ratio {medians['this'] / medians[label]:.2f}x"
-        lines.append(line)
+    with ClientPool(8) as pool:
+        for k in k_values:
+            served = probs_model(work / "models", k)
+            cpu: dict[str, list[float]] = {}
+            for _ in range(2):
+                for name, service in sides:
+                    cpu.setdefault(name, []).extend(
+                        _served_round(pool, served, service, duration, work)
+                    )
+            medians = {name: statistics.median(v) * 1e6 for name, v in cpu.items()}
+            line = f"K={k}: server CPU per example (µs): " + ", ".join(
+                f"{name} {value:.1f}" for name, value in medians.items()
+            )
+            if len(medians) == 2:
+                line += f", ratio {medians['this'] / medians[label]:.2f}x"
+            lines.append(line)
     return "\n".join(lines)
 
 
