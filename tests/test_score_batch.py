@@ -9,6 +9,7 @@ check sizes before it allocates anything.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -518,6 +520,45 @@ def test_reflection_describes_score_batch(server: RunningServer) -> None:
         method = pool.FindServiceByName("labelwatch.v1.LabelQuality").FindMethodByName("ScoreBatch")
         assert method.input_type.full_name == "labelwatch.v1.ScoreBatchRequest"
         assert method.output_type.full_name == "labelwatch.v1.ScoreBatchResponse"
+
+
+def test_a_stock_tool_calls_score_batch_with_json_through_reflection(
+    server: RunningServer,
+) -> None:
+    """What grpcurl does: types from reflection, a JSON body (bytes as base64), JSON back."""
+    values = base64.b64encode(np.full((2, K), 0.5, dtype="<f4").tobytes()).decode()
+    body = json.dumps(
+        {
+            "ids": ["j1", "j2"],
+            "kind": "TENSOR_KIND_PROBABILITIES",
+            "rows": 2,
+            "cols": K,
+            "values": values,
+            "tagIndptr": [0, 1, 1],
+            "tagIndices": [2],
+        }
+    )
+    service = "labelwatch.v1.LabelQuality"
+    with grpc.insecure_channel(target_of(server)) as channel:
+        pool = DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+        method = pool.FindServiceByName(service).FindMethodByName("ScoreBatch")
+        request_type = message_factory.GetMessageClass(method.input_type)
+        response_type = message_factory.GetMessageClass(method.output_type)
+        call = channel.unary_unary(
+            f"/{service}/ScoreBatch",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_type.FromString,
+        )
+        reply = json_format.MessageToDict(call(json_format.Parse(body, request_type()), timeout=10))
+    with LabelwatchClient(target_of(server)) as client:
+        expected = client.score(
+            [
+                Example("j1", probabilities=[0.5] * K, label_indices=[2]),
+                Example("j2", probabilities=[0.5] * K),
+            ]
+        )
+    assert reply["labelQuality"] == [r.label_quality for r in expected]
+    assert reply["modelVersion"] == expected[0].model_version
 
 
 # --- the CLI ------------------------------------------------------------------------------------
