@@ -187,7 +187,10 @@ def test_features_path_equals_score(tmp_path: Path) -> None:
     x = rng.normal(size=(25, 4)).astype(np.float32)
     tags = [list(np.flatnonzero(rng.random(K) < 0.4)) for _ in range(25)]
     ids = [f"f{i}" for i in range(25)]
-    with running_server(model=model, thresholds=art) as srv:
+    with (
+        running_server(model=model, thresholds=art) as srv,
+        grpc.insecure_channel(target_of(srv)) as channel,
+    ):
         with LabelwatchClient(target_of(srv)) as client:
             batch = client.score_batch(ids, features=x, tags=tags, include_probabilities=True)
             expected = client.score(
@@ -196,6 +199,39 @@ def test_features_path_equals_score(tmp_path: Path) -> None:
                     for i, f, t in zip(ids, x, tags, strict=True)
                 ],
                 include_probabilities=True,
+            )
+            stub = pb_grpc.LabelQualityStub(channel)
+            # beyond float32's range (sent as float64) or NaN: Score's message, Score's rounding
+            for bad in (1e39, math.nan):
+                rows = np.ones((2, 4))
+                rows[1, 2] = bad
+                expected_error = _refusal(
+                    stub.Score,
+                    pb.ScoreRequest(
+                        examples=[
+                            pb.Example(id=f"g{i}", features=pb.FloatFeatures(values=r.tolist()))
+                            for i, r in enumerate(rows)
+                        ]
+                    ),
+                )
+                request = pb.ScoreBatchRequest(
+                    ids=["g0", "g1"],
+                    kind=pb.TENSOR_KIND_FEATURES,
+                    dtype=pb.TENSOR_DTYPE_FLOAT64,
+                    rows=2,
+                    cols=4,
+                    values=rows.astype("<f8").tobytes(),
+                )
+                got = _refusal(stub.ScoreBatch, request)
+                assert (
+                    got.details()
+                    == expected_error.details()
+                    == ("example 'g1': field 'features[2]': must be finite")
+                )
+                assert got.code() == grpc.StatusCode.INVALID_ARGUMENT
+            request.cols = 3
+            assert _refusal(stub.ScoreBatch, request).details() == (
+                "field 'cols': expected 4 values a row (the model's feature length), got 3"
             )
     assert batch.results() == expected
     assert batch.is_issue.any()
