@@ -19,8 +19,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
+from support_lifecycle import copy_version, write_version
 
 from labelwatch import config_cli, default_model
+from labelwatch.commands.models import collect
 from labelwatch.domain import InputKind
 from labelwatch.engine import intra_op_threads_per_worker, model_concurrency
 from labelwatch.engine.loading import cores
@@ -263,3 +266,29 @@ def test_the_start_up_log_says_how_many_calls_run_and_with_how_many_threads(
     assert len(lines) == 1
     expected = f"concurrency=3 requested=3 intra_op_threads={max(1, cores() // 3)} workers=1"
     assert expected in lines[0]
+
+
+def test_the_shadow_sees_every_example_once_when_batches_finish_concurrently(
+    tmp_path: Path,
+) -> None:
+    write_version(tmp_path, "1", model_seed=1)
+    copy_version(tmp_path, "1", "2")
+    (tmp_path / "current").write_text("1")
+    requests = _float_requests(np.random.default_rng(5))
+    with running_server(
+        model_repository=tmp_path,
+        shadow_version="2",
+        shadow_fraction=1.0,
+        model_concurrency="3",
+        threads=N_CLIENTS + 2,
+    ) as server:
+        assert server.engine.batcher.concurrency == 3
+        replies = _send_all(server, requests)
+        assert server.engine.shadow is not None and server.engine.shadow.wait_idle(60)
+        pairs = collect([generate_latest(server.engine.registry).decode()])
+    answered = sum(len(reply.results) for mine in replies for reply in mine)
+    assert {r.model_version for mine in replies for reply in mine for r in reply.results} == {"1"}
+    stats = pairs[("1", "2")]
+    # offered by three workers at once, each example queued for the shadow exactly once
+    assert stats.examples == answered
+    assert stats.agreeing == stats.examples  # version 2 is a copy of version 1
