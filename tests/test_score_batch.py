@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import math
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator, Sequence
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +29,17 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from prometheus_client import CollectorRegistry
 
 from labelwatch.calibration import calibrate, save_artifact
 from labelwatch.codec import ExampleDecoder
 from labelwatch.codec.columnar import examples_from_batch_request
-from labelwatch.domain import InputKind, ModelSpec
-from labelwatch.errors import InvalidExample
+from labelwatch.domain import InputKind, ModelSpec, ScoredBatch
+from labelwatch.errors import DeadlineExpired, InvalidExample
+from labelwatch.grpc.servicer import LabelQualityServicer
+from labelwatch.metrics import SecurityMetrics
 from labelwatch.scoring import FilterBy
+from labelwatch.security.admission import Admission
 from labelwatch.server import RunningServer
 from labelwatch_client import (
     AsyncLabelwatchClient,
@@ -752,3 +759,86 @@ def test_a_response_that_does_not_fit_the_request_is_a_protocol_mismatch() -> No
     ):
         with pytest.raises(ProtocolMismatch):
             result_from_response(broken, request, CLASS_NAMES)
+
+
+# --- admission and deadlines: the servicer alone, on a real gRPC server --------------------------
+
+
+class _HeldScorer:
+    """A ScoreFn that blocks until released (or raises ``error``), to hold examples in flight."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.error = error
+        self.pipeline_seen: list[int] = []
+
+    def __call__(self, examples: Sequence[Any], *, deadline: float | None = None) -> Any:
+        self.pipeline_seen.append(len(examples))
+        self.entered.set()
+        if self.error is not None:
+            raise self.error
+        assert self.release.wait(30)
+        n = len(examples)
+        return ScoredBatch(
+            examples=tuple(examples),
+            probabilities=np.zeros((n, K)),
+            labels=np.zeros((n, K), dtype=np.bool_),
+            flags=np.zeros((n, K), dtype=np.bool_),
+            label_quality=np.ones(n),
+            t0=np.zeros(K),
+            t1=np.ones(K),
+            model_version="held",
+        )
+
+
+@contextlib.contextmanager
+def _servicer_on_a_port(
+    scorer: _HeldScorer, registry: CollectorRegistry, max_inflight: int
+) -> Iterator[pb_grpc.LabelQualityStub]:
+    decoder = ExampleDecoder(ModelSpec(InputKind.PROBABILITIES_ONLY, None, CLASS_NAMES))
+    admission = Admission(max_inflight, SecurityMetrics(registry))
+    servicer = LabelQualityServicer(
+        decoder, scorer, pb.ModelInfo(), max_batch=MAX_BATCH, admission=admission
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_LabelQualityServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield pb_grpc.LabelQualityStub(channel)
+    finally:
+        scorer.release.set()
+        server.stop(0)
+
+
+def test_score_batch_is_admitted_by_examples_in_flight() -> None:
+    registry = CollectorRegistry()
+    scorer = _HeldScorer()
+    with _servicer_on_a_port(scorer, registry, max_inflight=12) as stub:
+        first = stub.ScoreBatch.future(_request([f"a{i}" for i in range(10)], [FINE] * 10))
+        assert scorer.entered.wait(30)
+        assert registry.get_sample_value("labelwatch_inflight_examples") == 10
+        shed = _refusal(stub.ScoreBatch, _request(["b0", "b1", "b2"], [FINE] * 3))
+        assert shed.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-inflight" in shed.details()
+        assert (
+            registry.get_sample_value("labelwatch_requests_shed_total", {"reason": "inflight"}) == 1
+        )
+        scorer.release.set()
+        assert len(first.result(timeout=30).label_quality) == 10
+        assert registry.get_sample_value("labelwatch_inflight_examples") == 0
+        # the shed request was refused before it was decoded or scored
+        assert scorer.pipeline_seen == [10]
+
+
+def test_score_batch_dropped_at_its_deadline_is_counted_under_its_method() -> None:
+    registry = CollectorRegistry()
+    scorer = _HeldScorer(error=DeadlineExpired("the deadline passed while queued"))
+    with _servicer_on_a_port(scorer, registry, max_inflight=100) as stub:
+        err = _refusal(stub.ScoreBatch, _request(["a"], [FINE]))
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    expired = {"grpc_method": "ScoreBatch"}
+    assert registry.get_sample_value("labelwatch_deadline_expired_total", expired) == 1
+    assert registry.get_sample_value("labelwatch_inflight_examples") == 0
