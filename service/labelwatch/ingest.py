@@ -54,7 +54,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import PubAck, RetentionPolicy, StreamConfig
+from nats.js.api import RetentionPolicy, StreamConfig
 
 from labelwatch.codec import DEFAULT_LIMITS, ExampleDecoder
 from labelwatch.config import mask_url
@@ -62,7 +62,7 @@ from labelwatch.domain import LabeledExample, ModelSpec, ScoredBatch
 from labelwatch.errors import ErrorCode, PublicError, WrongInputKind
 from labelwatch.ingest_fetch import PullFetcher, ensure_durable
 from labelwatch.ingest_messages import dead_letter_json, fields_from_message, results_json
-from labelwatch.ingest_publish import BatchPublisher
+from labelwatch.ingest_publish import BatchPublisher, Published
 from labelwatch.metrics import IngestMetrics
 from labelwatch.security.limits import ExampleLimits
 
@@ -444,7 +444,7 @@ class StreamConsumer:
             )
         return acked
 
-    async def _send_dead_letter(self, msg: Msg, reason: str) -> asyncio.Future[PubAck] | None:
+    async def _send_dead_letter(self, msg: Msg, reason: str) -> Published | None:
         o = self.options
         seq = msg.metadata.sequence.stream
         body = dead_letter_json(
@@ -457,7 +457,7 @@ class StreamConsumer:
         return await self._out.send(o.dead_letter_subject, body, headers)
 
     async def _settle_dead_letters(
-        self, bad: Sequence[tuple[Msg, str, str]], futures: Sequence[asyncio.Future[PubAck] | None]
+        self, bad: Sequence[tuple[Msg, str, str]], futures: Sequence[Published | None]
     ) -> None:
         """Ack each input whose dead letter JetStream stored; nak the others."""
         o = self.options

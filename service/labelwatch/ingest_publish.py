@@ -27,10 +27,12 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import Header, PubAck
+from nats.js.api import Header
 
 log = logging.getLogger("labelwatch.ingest")
 
+Published = asyncio.Future[None]
+"""Done when JetStream stored the message (or dropped it as a duplicate); failed otherwise."""
 _NO_RESPONDERS = "503"
 """Status of the reply NATS sends when no stream listens on the subject."""
 
@@ -43,7 +45,7 @@ class BatchPublisher:
         self._timeout = timeout_seconds
         self._inbox = nc.new_inbox()
         self._ids = itertools.count()
-        self._waiting: dict[str, asyncio.Future[PubAck]] = {}
+        self._waiting: dict[str, Published] = {}
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
@@ -61,16 +63,16 @@ class BatchPublisher:
             reply = json.loads(msg.data)
             if "error" in reply:
                 nats.js.errors.APIError.from_error(reply["error"])  # raises the typed error
-            future.set_result(PubAck.from_response(reply))
+            if "stream" not in reply:  # a PubAck names the stream that stored the message
+                raise ValueError(f"not a publish ack: {msg.data[:200]!r}")
+            future.set_result(None)
         except (nats.errors.Error, ValueError, KeyError, TypeError) as exc:
             future.set_exception(exc)
 
-    async def send(
-        self, subject: str, body: bytes, headers: dict[str, str]
-    ) -> asyncio.Future[PubAck] | None:
+    async def send(self, subject: str, body: bytes, headers: dict[str, str]) -> Published | None:
         """Publish without waiting for the ack; its future, or None if it could not be sent."""
         reply = f"{self._inbox}.{next(self._ids)}"
-        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        future: Published = asyncio.get_running_loop().create_future()
         self._waiting[reply] = future
         try:
             await self._nc.publish(subject, body, reply=reply, headers=headers)
@@ -80,9 +82,7 @@ class BatchPublisher:
             return None
         return future
 
-    async def settle(
-        self, futures: Sequence[asyncio.Future[PubAck] | None], event: str
-    ) -> list[bool]:
+    async def settle(self, futures: Sequence[Published | None], event: str) -> list[bool]:
         """Wait once for every ack (``timeout_seconds`` in all); per future, whether
         JetStream stored the message (a duplicate it dropped counts as stored).
 
