@@ -22,6 +22,11 @@ What it measures (``docs/ingestion.md``, section "Performance", explains how to 
 4. **lag**: one consumer while a producer publishes at a fixed rate above the
    1-consumer capacity measured in 1., then below it; the durable's pending and
    ack-pending counts are sampled twice a second.
+5. **the consumer's own cost, in process**: ``--examples`` messages stored first,
+   then one :class:`~labelwatch.ingest.StreamConsumer` in this process drains them;
+   CPU seconds per example of the whole process and of its event-loop thread alone
+   (decode, publish, ack: the consumer's serial part). CPU time moves far less than
+   wall time on a shared machine.
 
 Every consumer cell also reports the consumers' peak RSS (``VmHWM`` from
 ``/proc/PID/status``, the largest over its processes), and each ScoreStream cell
@@ -94,6 +99,7 @@ class Plan:
     lag_below_seconds: float = 30.0
     sample_interval: float = 0.5
     pairs: int = 3
+    in_process_examples: int = 20_000
 
 
 QUICK = Plan(
@@ -101,6 +107,7 @@ QUICK = Plan(
     consumers=(1, 2),
     grpc_seconds=3.0,
     pairs=2,
+    in_process_examples=8_000,
     lag_above_seconds=4.0,
     lag_below_seconds=6.0,
 )
@@ -236,6 +243,20 @@ def messages(rows: Rows, class_names: Sequence[str], n: int, prefix: str) -> lis
 
 async def _stored(js: Any, stream: str) -> int:
     return int((await js.stream_info(stream)).state.messages)
+
+
+async def _store(url: str, msgs: Sequence[bytes]) -> None:
+    """Publish ``msgs`` to the input stream and wait until JetStream stored them all."""
+    import nats
+
+    nc = await nats.connect(url, connect_timeout=5)
+    try:
+        js = nc.jetstream(timeout=30)
+        for start in range(0, len(msgs), 1000):
+            acks = [await js.publish_async("examples.bench", m) for m in msgs[start : start + 1000]]
+            await asyncio.gather(*acks)
+    finally:
+        await nc.close()
 
 
 async def _drive(
@@ -415,6 +436,67 @@ def section_pairs(
     return pairs
 
 
+def section_in_process(plan: Plan, served: ServedModel, rows: Rows, work: Path) -> dict[str, Any]:
+    """A consumer in this process drains stored messages: CPU per example, whole and loop."""
+    from labelwatch.config import Settings
+    from labelwatch.engine import Engine
+    from labelwatch.ingest import ConsumeOptions, StreamConsumer
+    from labelwatch.metrics import IngestMetrics
+
+    n = plan.in_process_examples
+    msgs = messages(rows, served.workload.class_names, n, "inproc-")
+    log(f"in process: 1 consumer drains {n:,} stored examples")
+    with nats_server(work / "inproc" / "nats") as url:
+        asyncio.run(create_streams(url))
+        asyncio.run(_store(url, msgs))
+        settings = Settings(
+            model=served.model,
+            thresholds=served.thresholds,
+            data_dir=work / "inproc" / "data",
+            intra_op_threads=os.cpu_count() or 1,
+        )
+        with Engine(settings) as engine:
+            engine.start()
+            options = ConsumeOptions(url=url, stream=STREAM, subject=SUBJECT, durable=DURABLE)
+            consumer = StreamConsumer(
+                options,
+                score=engine.score,
+                spec=engine.spec,
+                metrics=IngestMetrics(engine.registry),
+                limits=engine.decoder.limits,
+            )
+
+            async def drain() -> float:
+                stop = asyncio.Event()
+                ready = asyncio.Event()
+                task = asyncio.create_task(consumer.run(stop, on_ready=ready.set))
+                await ready.wait()
+                start = time.monotonic()
+                while consumer.stats.processed < n and not task.done():
+                    await asyncio.sleep(0.01)
+                seconds = time.monotonic() - start
+                stop.set()
+                await task
+                return seconds
+
+            cpu0, loop0 = time.process_time(), time.thread_time()
+            seconds = asyncio.run(drain())
+            cpu, loop = time.process_time() - cpu0, time.thread_time() - loop0
+    out = {
+        "examples": n,
+        "seconds": round(seconds, 3),
+        "examples_per_s": n / seconds,
+        "process_cpu_us_per_example": cpu / n * 1e6,
+        "loop_cpu_us_per_example": loop / n * 1e6,
+    }
+    log(
+        f"  {out['examples_per_s']:,.0f} examples/s; CPU per example "
+        f"{out['process_cpu_us_per_example']:.0f} us, "
+        f"event loop {out['loop_cpu_us_per_example']:.0f} us"
+    )
+    return out
+
+
 def section_lag(
     plan: Plan, served: ServedModel, rows: Rows, capacity: float, work: Path
 ) -> dict[str, Any]:
@@ -520,6 +602,7 @@ def render(result: dict[str, Any]) -> str:
     """Every table of a run as markdown, with the machine and the command."""
     m = result["machine"]
     lag = result["lag"]
+    inproc = result["in_process"]
     return "\n".join(
         [
             f"Machine: {m['nproc']} cores ({m['cpu_model']}), {m['mem_total_gib']} GiB, "
@@ -534,6 +617,11 @@ def render(result: dict[str, Any]) -> str:
             f"(median ratio {median_ratio(result['pairs']):.2f}x):",
             "",
             pairs_table(result["pairs"]),
+            "",
+            f"In process, 1 consumer draining {inproc['examples']:,} stored examples: "
+            f"{inproc['examples_per_s']:,.0f} examples/s; CPU per example "
+            f"{inproc['process_cpu_us_per_example']:.0f} us for the process, "
+            f"{inproc['loop_cpu_us_per_example']:.0f} us on its event loop.",
             "",
             f"Lag, 1 consumer (capacity {lag['capacity_examples_per_s']:,.0f} examples/s): "
             f"{lag['rate_above']:,.0f}/s for {lag['seconds_above']:g} s, then "
@@ -591,6 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["pairs"] = section_pairs(plan, served, msgs, work)
         capacity = result["throughput"][0]["examples_per_s"]
         result["lag"] = section_lag(plan, served, rows, capacity, work)
+        result["in_process"] = section_in_process(plan, served, rows, work)
     result["elapsed_s"] = time.monotonic() - started
     text = render(result)
     print(text)

@@ -269,6 +269,9 @@ def test_ingest_cell_times_a_consumer_and_samples_its_lag(tmp_path: Path) -> Non
     pairs[1]["ratio"] = 0.9
     assert ingest.median_ratio(pairs) == pytest.approx(0.85)
     assert "| median |" in ingest.pairs_table(pairs)
+    plan = ingest.Plan(in_process_examples=300)
+    inproc = ingest.section_in_process(plan, served, rows, tmp_path / "inproc")
+    assert inproc["examples"] == 300 and inproc["loop_cpu_us_per_example"] > 0
     assert ingest.lag_table(lag).count("\n") >= 2
 
 
