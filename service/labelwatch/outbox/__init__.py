@@ -16,6 +16,8 @@ Modules (one per table or concern):
     user_version``) and the migrations that reach it from any older file.
 ``store``
     the connection, its lock, transactions, and whether the file is writable.
+``checkpoint``
+    WAL checkpoints in a background thread, so that no commit waits for one.
 ``flags``
     ``flags``: every flag once (``flag_id`` dedupes), ``position`` = write order,
     as JSON or as columns (:mod:`labelwatch.flag_columns`), and ``flag_classes``:

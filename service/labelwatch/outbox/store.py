@@ -19,6 +19,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Literal
 
+from labelwatch.outbox.checkpoint import BACKSTOP_PAGES, CHECKPOINTER
 from labelwatch.outbox.records import OutboxError
 from labelwatch.outbox.schema import migrate
 
@@ -104,6 +105,8 @@ class Store:
             if str(mode).lower() != "wal":
                 raise OutboxError(f"cannot put outbox {self.path} in WAL mode (got {mode})")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # checkpoints run in the background (outbox.checkpoint); this is the backstop
+            conn.execute(f"PRAGMA wal_autocheckpoint = {int(BACKSTOP_PAGES)}")
             migrate(conn, self.path)
         except (sqlite3.Error, OSError, OutboxError) as exc:
             if conn is not None:
@@ -193,6 +196,7 @@ class Store:
                 self._rollback(conn)
                 raise
             self._set_writable(True)
+        CHECKPOINTER.wrote(self.path)
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
