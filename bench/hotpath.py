@@ -24,7 +24,8 @@ The other revision's ``service/`` is extracted with ``git archive`` into a tempo
 directory and run by the same interpreter (``PYTHONPATH``), so the protobuf stubs and the
 dependencies are shared. Rounds alternate between the two sides, so a change in machine
 load hits both; the table shows the median over rounds of each side's median per batch.
-``flag_rows`` and ``write`` are also given per flagged example. Times are CPU-bound
+``flag_rows`` and ``write`` are also given per flagged example, and ``write`` as a mean too
+(the median hides rare slow commits). Times are CPU-bound
 wall times of one thread: on a busy machine compare ratios, not absolute values.
 """
 
@@ -171,6 +172,8 @@ def profile(name: str, batch: int, batches: int, work: Path) -> dict[str, Any]:
         "batches": batches,
         "flagged_per_batch": statistics.median(flagged),
         "seconds": {s: statistics.median(v) for s, v in times.items()},
+        # the mean shows what the median hides: rare slow commits (e.g. a WAL checkpoint)
+        "mean_seconds": {s: statistics.fmean(v) for s, v in times.items()},
     }
 
 
@@ -215,7 +218,13 @@ def _median_rounds(rounds: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any
             s: statistics.median(r[i]["seconds"][s] for r in rounds) for s in first["seconds"]
         }
         flagged = statistics.median(r[i]["flagged_per_batch"] for r in rounds)
-        out.append({**first, "seconds": seconds, "flagged_per_batch": flagged})
+        means = {
+            s: statistics.median(r[i]["mean_seconds"][s] for r in rounds)
+            for s in first["mean_seconds"]
+        }
+        out.append(
+            {**first, "seconds": seconds, "mean_seconds": means, "flagged_per_batch": flagged}
+        )
     return out
 
 
@@ -245,6 +254,13 @@ def render(sides: dict[str, list[dict[str, Any]]]) -> str:
             rows.append(
                 (f"{stage} /flagged", {lb: sides[lb][i]["seconds"][stage] for lb in labels}, "fl")
             )
+        rows.append(
+            (
+                "write mean /flagged",
+                {lb: sides[lb][i]["mean_seconds"]["write"] for lb in labels},
+                "fl",
+            )
+        )
         totals = {lb: sum(sides[lb][i]["seconds"][s] for s in STAGES) for lb in labels}
         rows.append(("total", totals, "ex"))
         beyond = {

@@ -26,6 +26,6 @@ def test_the_profile_reports_every_stage_for_both_sides_side_by_side() -> None:
     table = hotpath.render({"before": other, "this": hotpath._median_rounds([this, this])})
     lines = table.splitlines()
     assert "probs-10, batch 16" in lines[1]
-    for stage in (*hotpath.STAGES, "flag_rows /flagged", "write /flagged", "total"):
+    for stage in (*hotpath.STAGES, "flag_rows /flagged", "write mean /flagged", "total"):
         row = next(line for line in lines if line.startswith(stage))
         assert row.rstrip().endswith("x") or row.rstrip().endswith("-"), row
