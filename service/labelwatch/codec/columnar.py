@@ -36,8 +36,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from labelwatch.codec.fields import ExampleDecoder, ExampleFields, InputField
+from labelwatch.codec.proto import check_count
 from labelwatch.domain import InputKind, LabeledExample, ScoredBatch
-from labelwatch.errors import InvalidExample, TooManyExamples, WrongInputKind
+from labelwatch.errors import InvalidExample, WrongInputKind
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 
 _DTYPES: dict[int, np.dtype[np.floating[Any]]] = {
@@ -52,13 +53,7 @@ _KINDS: dict[int, InputField] = {
 
 def check_batch_size(request: pb.ScoreBatchRequest, max_batch: int) -> int:
     """N, the number of ids; :class:`TooManyExamples` past ``max_batch`` (as ``Score`` says)."""
-    n = len(request.ids)
-    if n > max_batch:
-        raise TooManyExamples(
-            f"request has {n} examples; at most {max_batch} are allowed per request "
-            "(--max-batch); split it or use ScoreStream"
-        )
-    return n
+    return check_count(len(request.ids), max_batch)
 
 
 def examples_from_batch_request(

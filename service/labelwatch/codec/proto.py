@@ -42,15 +42,19 @@ def example_from_proto(ex: pb.Example, position: int, decoder: ExampleDecoder) -
     return decoder.decode(fields_from_proto(ex), position)
 
 
-def check_request_size(request: pb.ScoreRequest, max_batch: int) -> int:
-    """The number of examples in ``request``; :class:`TooManyExamples` past ``max_batch``."""
-    n = len(request.examples)
+def check_count(n: int, max_batch: int) -> int:
+    """``n`` examples in one request; :class:`TooManyExamples` past ``max_batch``."""
     if n > max_batch:
         raise TooManyExamples(
             f"request has {n} examples; at most {max_batch} are allowed per request "
             "(--max-batch); split it or use ScoreStream"
         )
     return n
+
+
+def check_request_size(request: pb.ScoreRequest, max_batch: int) -> int:
+    """The number of examples in ``request``; :class:`TooManyExamples` past ``max_batch``."""
+    return check_count(len(request.examples), max_batch)
 
 
 def examples_from_request(
