@@ -121,6 +121,9 @@ FULL = Plan(
         ("stream", 64, 1),
         ("stream", 64, 8),
         ("stream", 64, 64),
+        ("columnar", 64, 1),
+        ("columnar", 64, 8),
+        ("columnar", 64, 64),
     ),
     memory_workers=(1, 2),
     k_values=(10, 100, 1000, 10000),
@@ -136,7 +139,13 @@ QUICK = Plan(
     limit_duration=0.5,
     models=("text", "float"),
     workers=(1,),
-    cells=(("unary", 1, 1), ("unary", 1, 16), ("unary", 64, 8), ("stream", 64, 8)),
+    cells=(
+        ("unary", 1, 1),
+        ("unary", 1, 16),
+        ("unary", 64, 8),
+        ("stream", 64, 8),
+        ("columnar", 64, 8),
+    ),
     memory_workers=(1,),
     k_values=(10, 1000),
     tuning_workers=(1,),
@@ -256,6 +265,8 @@ def section_grid(
                     )
                     targets["peer"] = targets["peer-model"] = peer.target
                 for mode, batch, clients in plan.cells:
+                    if mode == "columnar" and model.workload.kind == "text":
+                        continue  # ScoreBatch carries tensors (features, probabilities)
                     cell_systems = [s for s in systems if s != "peer" or mode in CLEANLAB_MODES]
                     results: dict[str, list[CellResult]] = {s: [] for s in cell_systems}
                     cpu_us: dict[str, list[float]] = {"labelwatch": []}
