@@ -182,3 +182,57 @@ def test_concurrent_batches_score_exactly_as_one_at_a_time() -> None:
         assert [e.id for e in one.examples] == [e.id for e in many.examples]
         assert one.label_quality.tobytes() == many.label_quality.tobytes()
         assert (one.flags == many.flags).all()
+
+
+class BrokenSource:
+    """A pipeline source whose lookup fails once (a fault outside the model call)."""
+
+    def __init__(self, pipeline: CountingPipeline) -> None:
+        self.pipeline = pipeline
+        self.fail_next = True
+
+    @property
+    def current(self) -> CountingPipeline:
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("pipeline lookup failed")
+        return self.pipeline
+
+
+def _score_within(batcher: Batcher, example: LabeledExample, timeout: float) -> ScoredBatch:
+    """``batcher.score([example])`` on a daemon thread; fail the test after ``timeout`` s."""
+    outcome: list[ScoredBatch | BaseException] = []
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            outcome.append(batcher.score([example]))
+        except BaseException as exc:
+            outcome.append(exc)
+        done.set()
+
+    threading.Thread(target=call, daemon=True).start()
+    assert done.wait(timeout), f"score({example.id}) still waiting after {timeout} s"
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_fault_outside_the_model_call_fails_its_callers_and_the_worker_keeps_serving(
+    concurrency: int,
+) -> None:
+    pipeline = CountingPipeline(None)
+    source = BrokenSource(pipeline)
+    source.fail_next = False  # the constructor reads the source once
+    batcher = Batcher(source, max_batch=8, window_seconds=0.0, concurrency=concurrency)
+    try:
+        source.fail_next = True
+        with pytest.raises(RuntimeError, match="pipeline lookup failed"):
+            _score_within(batcher, flagged_example(0), 30)  # it used to wait forever
+        # the worker survived: later calls are served (with one worker, by that worker)
+        for i in range(1, 2 * concurrency + 1):
+            assert _score_within(batcher, flagged_example(i), 30).examples[0].id == f"ex-{i}"
+    finally:
+        batcher.close()
+    assert pipeline.computed == 2 * concurrency

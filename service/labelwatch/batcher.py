@@ -62,6 +62,7 @@ class _Job:
     done: threading.Event = field(default_factory=threading.Event)
     result: ScoredBatch | None = None
     error: BaseException | None = None
+    handed: bool = False  # given to the recorder or committed: it will be finished there
 
 
 class Batcher:
@@ -222,7 +223,13 @@ class Batcher:
     def _run(self) -> None:
         try:
             while (jobs := self._take()) is not None:
-                self._process(jobs)
+                try:
+                    self._process(jobs)
+                except BaseException as exc:  # a fault past the model call: fail, keep serving
+                    log.exception("event=batch_crashed jobs=%d", len(jobs))
+                    for job in jobs:
+                        if not job.handed and not job.done.is_set():
+                            self._finish(job, error=exc)
         finally:
             with self._record_cv:
                 self._workers_left -= 1
@@ -269,6 +276,8 @@ class Batcher:
 
     def _record(self, jobs: list[_Job], slices: list[ScoredBatch], batch: ScoredBatch) -> None:
         """Record ``batch`` and release its jobs: inline, or through the recorder thread."""
+        for job in jobs:
+            job.handed = True
         if self._recorder is None:
             with self._commit_lock:
                 self._commit([(jobs, slices, batch)])

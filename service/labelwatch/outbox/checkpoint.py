@@ -62,7 +62,10 @@ class Checkpointer:
                     self._thread = None
                     return
             for path in paths:
-                checkpoint(path)
+                try:
+                    checkpoint(path)
+                except Exception:  # keep the thread: a dead one would never be restarted
+                    log.exception("event=outbox_checkpoint_failed path=%s", path)
                 self.rounds += 1
 
 
