@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import doctest
 import math
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from labelwatch.metrics import OTHER_CLASS, Metrics
 from labelwatch.scoring import FilterBy, decide
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2 as pb
 from labelwatch_proto.labelwatch.v1 import labelwatch_pb2_grpc as pb_grpc
+from support_delivery import wait_until
 from support_server import (
     CLASS_NAMES,
     random_calibration,
@@ -354,13 +354,10 @@ class Workload:
     batches: list[int]
 
 
-def _wait_for_stream_count(registry: CollectorRegistry, timeout: float = 30.0) -> None:
-    """Poll until ScoreStream's one call is in ``grpc_server_handled_total`` (any code)."""
+def _stream_counted(registry: CollectorRegistry) -> bool:
+    """Whether ScoreStream's call is in ``grpc_server_handled_total`` yet (any code)."""
     labels = {"grpc_service": SERVICE, "grpc_method": "ScoreStream", "grpc_type": "bidi_stream"}
-    deadline = time.monotonic() + timeout
-    while registry.get_sample_value("grpc_server_handling_seconds_count", labels) is None:
-        assert time.monotonic() < deadline, f"ScoreStream not counted after {timeout} s"
-        time.sleep(0.01)
+    return registry.get_sample_value("grpc_server_handling_seconds_count", labels) is not None
 
 
 @pytest.fixture(scope="module")
@@ -382,7 +379,8 @@ def workload(artifact_path: Path) -> Iterator[Workload]:
             ]
             assert len(list(stub.ScoreStream(iter(stream)))) == 2
             # a stream that ended normally is counted at its termination, just after its end
-            _wait_for_stream_count(server.metrics.registry)
+            registry = server.metrics.registry
+            wait_until(lambda: _stream_counted(registry), 30.0, "ScoreStream's count", 0.01)
             bad = pb.ScoreRequest(
                 examples=[pb.Example(id="bad", probabilities=pb.Probabilities(values=[1.5] * 5))]
             )
