@@ -440,8 +440,8 @@ def section_in_process(plan: Plan, served: ServedModel, rows: Rows, work: Path) 
     """A consumer in this process drains stored messages: CPU per example, whole and loop."""
     from labelwatch.config import Settings
     from labelwatch.engine import Engine
-    from labelwatch.ingest import ConsumeOptions, StreamConsumer
-    from labelwatch.metrics import IngestMetrics
+    from labelwatch.ingest import ConsumeOptions
+    from labelwatch.ingest_app import consumer_for
 
     n = plan.in_process_examples
     msgs = messages(rows, served.workload.class_names, n, "inproc-")
@@ -458,13 +458,7 @@ def section_in_process(plan: Plan, served: ServedModel, rows: Rows, work: Path) 
         with Engine(settings) as engine:
             engine.start()
             options = ConsumeOptions(url=url, stream=STREAM, subject=SUBJECT, durable=DURABLE)
-            consumer = StreamConsumer(
-                options,
-                score=engine.score,
-                spec=engine.spec,
-                metrics=IngestMetrics(engine.registry),
-                limits=engine.decoder.limits,
-            )
+            consumer = consumer_for(engine, options)
 
             async def drain() -> float:
                 stop = asyncio.Event()

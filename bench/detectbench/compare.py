@@ -11,6 +11,7 @@ calibration data, with :func:`labelwatch.calibration.calibrate`.
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,25 +57,18 @@ def fit_artifacts(
     context_tags: Sequence[int] = (0, DEFAULT_M),
 ) -> dict[str, CalibrationArtifact]:
     """``"plain"`` (no context) and ``"budget m=<m>"`` artifacts fitted on ``(N, K)`` data."""
-    out = {
-        "plain": calibrate(
-            probs,
-            labels,
-            class_names,
-            model_sha256=model_sha256,
-            pooling=Pooling.SOFTMIN,
-            temperature=SOFTMIN_T,
-            filter_by=FilterBy.CONFIDENT_LEARNING,
-        )
-    }
+    fit = functools.partial(
+        calibrate,
+        probs,
+        labels,
+        class_names,
+        model_sha256=model_sha256,
+        pooling=Pooling.SOFTMIN,
+        temperature=SOFTMIN_T,
+    )
+    out = {"plain": fit(filter_by=FilterBy.CONFIDENT_LEARNING)}
     for m in context_tags:
-        out[f"budget m={m}"] = calibrate(
-            probs,
-            labels,
-            class_names,
-            model_sha256=model_sha256,
-            pooling=Pooling.SOFTMIN,
-            temperature=SOFTMIN_T,
+        out[f"budget m={m}"] = fit(
             filter_by=FilterBy.BUDGET,
             context_tags=m,
             flag_budget=DEFAULT_BUDGET,

@@ -23,19 +23,24 @@ READY_LINE = "labelwatch consuming"
 followed by ``metrics_port=<bound port>`` (or ``off``)."""
 
 
+def consumer_for(engine: Engine, options: ConsumeOptions) -> StreamConsumer:
+    """The NATS consumer over ``engine``: its scorer, model spec, input limits and registry."""
+    return StreamConsumer(
+        options,
+        score=engine.score,
+        spec=engine.spec,
+        metrics=IngestMetrics(engine.registry),
+        limits=engine.decoder.limits,
+    )
+
+
 def consume_forever(
     settings: Settings, options: ConsumeOptions, *, registry: CollectorRegistry | None = None
 ) -> int:
     """Consume until SIGTERM/SIGINT, drain within ``options.grace_seconds``; return 0."""
     with Engine(settings, registry=registry) as engine:
         metrics_port = engine.serve_metrics(engine.settings.host, engine.settings.metrics_port)
-        consumer = StreamConsumer(
-            options,
-            score=engine.score,
-            spec=engine.spec,
-            metrics=IngestMetrics(engine.registry),
-            limits=engine.decoder.limits,
-        )
+        consumer = consumer_for(engine, options)
         engine.start()
         ready = f"{READY_LINE} metrics_port={shown(metrics_port)}"
         asyncio.run(_main(consumer, ready, engine.request_reload))
